@@ -1,0 +1,51 @@
+/**
+ * The depot-store port. Adapters: MariaDB (`mariadb.ts`), the embedded file
+ * log (`file.ts`) and memory (`memory.ts`); each passes the same conformance
+ * suite (test/depot/conformance.ts).
+ *
+ * The engine runs one writer per partition (see writer.ts), so an adapter may
+ * cache a partition's head and key versions; a stale writer must still fail
+ * (`FENCED`) instead of forking the log.
+ */
+import { Context, type Effect } from "effect"
+import type { StoreError } from "../errors.ts"
+import type { LineageId } from "../lineage/lineage-id.ts"
+import type { Depot } from "./depot.ts"
+import type { AppendOutcome, AppendRequest, Event } from "./event.ts"
+
+export interface DepotStoreShape {
+  /** Prepares storage for these depots (tables, folders); idempotent. */
+  readonly open: (depots: ReadonlyArray<Depot>) => Effect.Effect<void, StoreError>
+  /**
+   * Appends a batch to one partition in one durable commit. Outcomes come in
+   * request order; later requests see earlier ones of the same batch (their
+   * versions, their message_ids). A repeated message_id yields the original
+   * event with `duplicate: true`; a failed `expect` appends nothing for that
+   * request. Offsets start at 0 and have no gaps.
+   */
+  readonly append: (
+    depot: string,
+    partition: number,
+    requests: ReadonlyArray<AppendRequest>,
+  ) => Effect.Effect<ReadonlyArray<AppendOutcome>, StoreError>
+  /** Events of one partition with offset >= `from`, in offset order, at most `limit`. */
+  readonly read: (
+    depot: string,
+    partition: number,
+    from: number,
+    limit: number,
+  ) => Effect.Effect<ReadonlyArray<Event>, StoreError>
+  /** The next offset the partition will assign (its event count). */
+  readonly head: (depot: string, partition: number) => Effect.Effect<number, StoreError>
+  /** A key's version: how many events it has (0 for none). */
+  readonly version: (depot: string, partition: number, key: string) => Effect.Effect<number, StoreError>
+  /** The event appended for a message_id, if any. */
+  readonly byMessageId: (depot: string, messageId: string) => Effect.Effect<Event | undefined, StoreError>
+  /** The event with this lineage ID, if any. */
+  readonly byId: (id: LineageId) => Effect.Effect<Event | undefined, StoreError>
+  /** All descendants of an event, in lineage-ID order (one index range scan). */
+  readonly descendants: (id: LineageId, limit: number) => Effect.Effect<ReadonlyArray<Event>, StoreError>
+}
+
+/** The depot store the engine appends to and reads from. */
+export class DepotStore extends Context.Service<DepotStore, DepotStoreShape>()("beds/DepotStore") {}
