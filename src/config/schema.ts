@@ -2,27 +2,39 @@
  * The configuration model. Files: config/beds.toml (base, embedded
  * defaults), then config/env_<BEDS_ENV>.toml, then single keys from
  * environment variables `BEDS__<SECTION>__<KEY>` (see load.ts and README).
+ * Keys are snake_case so that they read the same in TOML and in env vars.
  */
 import { Schema } from "effect"
 
 const Port = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65535 }))
 const Positive = Schema.Int.check(Schema.isGreaterThan(0))
+const NonNegative = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 
 export const MariaDbConfig = Schema.Struct({
   host: Schema.String,
   port: Port,
   user: Schema.String,
   password: Schema.String,
-  database: Schema.String.check(Schema.isPattern(/^[A-Za-z0-9_]{1,64}$/)),
+  /** Created at start-up when missing; the pattern keeps it safe to quote as an identifier. */
+  database: Schema.String.check(
+    Schema.isPattern(/^[A-Za-z0-9_]{1,64}$/, {
+      expected: "a database name of 1 to 64 letters, digits or underscores",
+    }),
+  ),
+  /** Connections per process; each partition writer holds one while it commits. */
   pool: Positive,
   connect_timeout_ms: Positive,
 })
 
 export const AmqpConfig = Schema.Struct({
+  /** `amqp://user:password@host:port/vhost`. */
   url: Schema.String,
+  /** Unacknowledged deliveries per consumer; bounds memory and sets the batch ceiling. */
   prefetch: Positive,
+  /** `quorum` for a replicated RabbitMQ cluster, `classic` for a single broker. */
   queue_type: Schema.Literals(["classic", "quorum"]),
-  heartbeat_s: Schema.Int,
+  /** 0 disables heartbeats. */
+  heartbeat_s: NonNegative,
 })
 
 export const MongoConfig = Schema.Struct({
@@ -47,6 +59,7 @@ export const Config = Schema.Struct({
     log_level: Schema.Literals(["debug", "info", "warn", "error"]),
   }),
   ingress: Schema.Struct({
+    /** Larger command bodies are rejected with BODY_TOO_LARGE. */
     max_body_bytes: Positive,
     /** Most appends in one group commit. */
     batch_max: Positive,
@@ -54,10 +67,14 @@ export const Config = Schema.Struct({
     in_flight: Positive,
   }),
   topology: Schema.Struct({
+    /** Most events folded into one read-model write. */
     batch_max: Positive,
-    retries: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+    /** Retries of a failing handler before its failure policy applies. */
+    retries: NonNegative,
+    /** First retry delay; later ones back off exponentially. */
     retry_base_ms: Positive,
   }),
+  /** Node roles by name: the depots and topologies each serves ("*" = all). */
   roles: Schema.Record(
     Schema.String,
     Schema.Struct({
@@ -67,6 +84,7 @@ export const Config = Schema.Struct({
   ),
   mariadb: MariaDbConfig,
   amqp: AmqpConfig,
+  /** Only needed when engine.rec = "mongodb". */
   mongodb: Schema.optional(MongoConfig),
 })
 export type Config = typeof Config.Type
