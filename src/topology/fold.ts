@@ -1,0 +1,65 @@
+/**
+ * The reference fold: a topology applied to a list of events one at a time,
+ * with no batching, no coalescing and no storage. What the runner writes
+ * must always equal this (audit and property tests compare them), so it is
+ * kept deliberately simple.
+ */
+import { Effect } from "effect"
+import type { Event } from "../depot/event.ts"
+import { LAST_EVENT_COLUMN, type Row, type RowKey, type Template, keyId, keyOf } from "../template/template.ts"
+import { type Topology, type TopologyContext, TopologyFailure } from "./topology.ts"
+
+/** template name → keyId → row. */
+export type ModelState = Map<string, Map<string, Row>>
+
+/** Emitted events, in order, with their parent. */
+export interface FoldEmit {
+  readonly parent: string
+  readonly n: number
+  readonly depot: string
+  readonly type: string
+  readonly key: string
+  readonly payload: unknown
+}
+
+/**
+ * Folds events (already in the order the runner sees them: offset order per
+ * partition; partitions are independent as long as a handler only touches
+ * rows keyed within its partition). Handler failures are returned, not thrown.
+ */
+export const fold = (
+  topology: Topology,
+  templates: ReadonlyArray<Template>,
+  events: Iterable<Event>,
+  state: ModelState = new Map(),
+): Effect.Effect<{ readonly state: ModelState; readonly emits: ReadonlyArray<FoldEmit> }, TopologyFailure> =>
+  Effect.gen(function* () {
+    const byName = new Map(templates.map((t) => [t.name, t]))
+    const emits: Array<FoldEmit> = []
+    const norm = (k: RowKey | string): RowKey => (typeof k === "string" ? [k] : k)
+    const table = (name: string) => {
+      let m = state.get(name)
+      if (m === undefined) state.set(name, (m = new Map()))
+      return m
+    }
+    for (const event of events) {
+      let n = 0
+      const ctx: TopologyContext = {
+        live: false,
+        get: (t, k) => Effect.sync(() => table(t).get(keyId(norm(k)))),
+        put: (t, row) =>
+          Effect.suspend(() => {
+            const tpl = byName.get(t)
+            if (tpl === undefined) return Effect.fail(new TopologyFailure(`unknown template ${t}`, false))
+            table(t).set(keyId(keyOf(tpl, row)), { ...row, [LAST_EVENT_COLUMN]: event.id })
+            return Effect.void
+          }),
+        remove: (t, k) => Effect.sync(() => void table(t).delete(keyId(norm(k)))),
+        emit: (depot, type, key, payload) =>
+          Effect.sync(() => void emits.push({ parent: event.id, n: n++, depot, type, key, payload })),
+        reply: () => Effect.void,
+      }
+      yield* topology.handle(event, ctx)
+    }
+    return { state, emits }
+  })

@@ -1,0 +1,116 @@
+/**
+ * Where each topology stands, per depot partition, so that a `full` ack can
+ * wait until every colocated topology has applied an event, and so that
+ * tests and `beds status` can wait on explicit conditions instead of sleeps.
+ */
+import { Context, Effect, Layer } from "effect"
+
+/** What a `full` reply reports: which topologies applied the event, and what they returned. */
+export interface Applied {
+  readonly topologies: ReadonlyArray<string>
+  readonly values: Readonly<Record<string, unknown>>
+}
+
+export interface ProgressShape {
+  /** Declares that `topology` consumes `depot` (before it starts). */
+  readonly register: (topology: string, depot: string) => void
+  /** A topology committed everything below `next` on a partition; `values` are its replies by offset. */
+  readonly advance: (
+    topology: string,
+    depot: string,
+    partition: number,
+    next: number,
+    values: ReadonlyMap<number, unknown>,
+  ) => void
+  /** The next offset a topology will process on a partition. */
+  readonly position: (topology: string, depot: string, partition: number) => number
+  /** Resolves once every topology consuming `depot` has applied `offset`. */
+  readonly applied: (depot: string, partition: number, offset: number) => Effect.Effect<Applied>
+  /** The topologies consuming a depot. */
+  readonly consumers: (depot: string) => ReadonlyArray<string>
+}
+
+export class Progress extends Context.Service<Progress, ProgressShape>()("beds/Progress") {}
+
+interface Waiter {
+  readonly offset: number
+  readonly resume: (a: Applied) => void
+}
+
+/** Replies kept per partition for waiters that register after the topology passed (a short race). */
+const RECENT_VALUES = 4096
+
+export const make = (): ProgressShape => {
+  const consumers = new Map<string, Array<string>>()
+  const positions = new Map<string, number>()
+  const waiters = new Map<string, Array<Waiter>>()
+  const recent = new Map<string, Map<number, Record<string, unknown>>>()
+
+  const pk = (depot: string, partition: number) => `${depot}/${partition}`
+  const pos = (topology: string, depot: string, partition: number) =>
+    positions.get(`${topology}|${depot}/${partition}`) ?? 0
+
+  const minPosition = (depot: string, partition: number) => {
+    let min = Number.POSITIVE_INFINITY
+    for (const t of consumers.get(depot) ?? []) min = Math.min(min, pos(t, depot, partition))
+    return min
+  }
+
+  const valuesFor = (depot: string, partition: number, offset: number) => recent.get(pk(depot, partition))?.get(offset) ?? {}
+
+  const release = (depot: string, partition: number) => {
+    const list = waiters.get(pk(depot, partition))
+    if (list === undefined || list.length === 0) return
+    const min = minPosition(depot, partition)
+    const keep: Array<Waiter> = []
+    for (const w of list)
+      if (w.offset < min)
+        w.resume({ topologies: consumers.get(depot) ?? [], values: valuesFor(depot, partition, w.offset) })
+      else keep.push(w)
+    waiters.set(pk(depot, partition), keep)
+  }
+
+  return {
+    register: (topology, depot) => {
+      const list = consumers.get(depot) ?? []
+      if (!list.includes(topology)) list.push(topology)
+      consumers.set(depot, list)
+    },
+    advance: (topology, depot, partition, next, values) => {
+      positions.set(`${topology}|${depot}/${partition}`, next)
+      if (values.size > 0) {
+        const key = pk(depot, partition)
+        let m = recent.get(key)
+        if (m === undefined) recent.set(key, (m = new Map()))
+        for (const [offset, value] of values) {
+          const entry = m.get(offset) ?? {}
+          entry[topology] = value
+          m.set(offset, entry)
+        }
+        // Insertion order is offset order per partition, so the oldest go first.
+        while (m.size > RECENT_VALUES) m.delete(m.keys().next().value as number)
+      }
+      release(depot, partition)
+    },
+    position: pos,
+    consumers: (depot) => consumers.get(depot) ?? [],
+    applied: (depot, partition, offset) =>
+      Effect.callback<Applied>((resume) => {
+        if (offset < minPosition(depot, partition)) {
+          resume(Effect.succeed({ topologies: consumers.get(depot) ?? [], values: valuesFor(depot, partition, offset) }))
+          return
+        }
+        const key = pk(depot, partition)
+        const list = waiters.get(key) ?? []
+        const waiter: Waiter = { offset, resume: (a) => resume(Effect.succeed(a)) }
+        list.push(waiter)
+        waiters.set(key, list)
+        return Effect.sync(() => {
+          const l = waiters.get(key)
+          if (l) waiters.set(key, l.filter((w) => w !== waiter))
+        })
+      }),
+  }
+}
+
+export const layer = Layer.sync(Progress, make)

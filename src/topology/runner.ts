@@ -1,0 +1,392 @@
+/**
+ * Runs declared topologies: one fiber per (topology, source depot,
+ * partition), in offset order, in batches. A batch is folded in memory —
+ * each touched row is loaded once and written once — and its rows are
+ * committed together with the checkpoint (see the read-model port), so every
+ * event takes effect exactly once however often the runner restarts.
+ *
+ * Derived events are appended before the checkpoint commit; their lineage IDs
+ * double as message_ids, so a batch re-run after a crash finds them already
+ * appended and appends nothing twice.
+ */
+import { Context, Duration, Effect, Fiber, Layer, Schedule } from "effect"
+import * as DepotDecl from "../depot/depot.ts"
+import type { Depot } from "../depot/depot.ts"
+import type { Event } from "../depot/event.ts"
+import { DepotStore } from "../depot/store.ts"
+import { DepotWriter } from "../depot/writer.ts"
+import type { StoreError } from "../errors.ts"
+import * as Lineage from "../lineage/lineage-id.ts"
+import { type CheckpointId, ReadModelStore, type RowWrite } from "../readmodel/store.ts"
+import { LAST_EVENT_COLUMN, type Row, type RowKey, type Template, keyId, keyOf } from "../template/template.ts"
+import { Progress } from "./progress.ts"
+import { type Topology, type TopologyContext, TopologyFailure } from "./topology.ts"
+
+export interface RunnerOptions {
+  readonly batchMax: number
+  /** Retries of a failing handler before the topology's policy applies. */
+  readonly retries: number
+  readonly retryBaseMs: number
+  /** False for a replay: live-only side effects are skipped. */
+  readonly live: boolean
+}
+
+/** The state of one (topology, depot, partition) stream. */
+export interface StreamStatus {
+  readonly topology: string
+  readonly depot: string
+  readonly partition: number
+  readonly next: number
+  readonly state: "running" | "halted"
+  readonly error?: string | undefined
+  /** Events whose handler kept failing under the `park` policy, kept for inspection. */
+  readonly parked: ReadonlyArray<{ readonly id: string; readonly offset: number; readonly error: string }>
+}
+
+export interface TopologyRunnerShape {
+  readonly status: () => ReadonlyArray<StreamStatus>
+}
+
+export class TopologyRunner extends Context.Service<TopologyRunner, TopologyRunnerShape>()("beds/TopologyRunner") {}
+
+interface Staged {
+  /** template → keyId → the row's key and its new value (null: deleted). */
+  readonly rows: Map<string, Map<string, { readonly key: RowKey; readonly row: Row | null }>>
+  readonly emits: Array<{ depot: string; type: string; key: string; payload: unknown }>
+  reply: unknown
+  hasReply: boolean
+}
+
+const loadFailure = (e: StoreError) => new TopologyFailure(e.message, e.retryable)
+
+/** Starts every topology's streams; they stop when the Layer's scope closes. */
+export const make = (
+  topologies: ReadonlyArray<Topology>,
+  templates: ReadonlyArray<Template>,
+  depots: ReadonlyArray<Depot>,
+  options: RunnerOptions,
+) =>
+  Effect.gen(function* () {
+    const store = yield* DepotStore
+    const models = yield* ReadModelStore
+    const writer = yield* DepotWriter
+    const progress = yield* Progress
+    const templateByName = new Map(templates.map((t) => [t.name, t]))
+    const depotByName = new Map(depots.map((d) => [d.name, d]))
+    const statuses = new Map<string, { -readonly [K in keyof StreamStatus]: StreamStatus[K] }>()
+
+    // Wake-ups: a stream that caught up sleeps until its partition's head moves.
+    const wakers = new Map<string, Array<() => void>>()
+    yield* writer.listen((depot, partition) => {
+      const key = `${depot}/${partition}`
+      const list = wakers.get(key)
+      if (list && list.length > 0) {
+        wakers.set(key, [])
+        for (const w of list) w()
+      }
+    })
+    const waitForAppend = (depot: string, partition: number, next: number) =>
+      Effect.callback<void>((resume) => {
+        const key = `${depot}/${partition}`
+        const list = wakers.get(key) ?? []
+        let done = false
+        const wake = () => {
+          if (!done) {
+            done = true
+            resume(Effect.void)
+          }
+        }
+        list.push(wake)
+        wakers.set(key, list)
+        // Re-check after registering: an append may have landed in between.
+        Effect.runFork(
+          Effect.flatMap(store.head(depot, partition), (head) => Effect.sync(() => head > next && wake())).pipe(
+            Effect.ignore,
+          ),
+        )
+        // A slow safety poll covers appends made by another process.
+        const timer = setTimeout(wake, 1000)
+        return Effect.sync(() => clearTimeout(timer))
+      })
+
+    for (const t of topologies)
+      for (const name of t.readModels)
+        if (!templateByName.has(name))
+          return yield* Effect.die(
+            new Error(`Topology "${t.name}" writes template "${name}", which is not declared in templates/.`),
+          )
+
+    const runStream = (topology: Topology, depot: Depot, partition: number) =>
+      Effect.gen(function* () {
+        const cp: CheckpointId = { topology: topology.name, depot: depot.name, partition }
+        const status = {
+          topology: topology.name,
+          depot: depot.name,
+          partition,
+          next: 0,
+          state: "running" as "running" | "halted",
+          error: undefined as string | undefined,
+          parked: [] as Array<{ id: string; offset: number; error: string }>,
+        }
+        statuses.set(`${topology.name}|${depot.name}/${partition}`, status)
+        let next = yield* retryStore(models.checkpoint(cp))
+        status.next = next
+        progress.advance(topology.name, depot.name, partition, next, new Map())
+        const singleKeyModels = topology.readModels.filter((n) => templateByName.get(n)?.key.length === 1)
+
+        while (true) {
+          const events = yield* retryStore(store.read(depot.name, partition, next, options.batchMax))
+          if (events.length === 0) {
+            yield* waitForAppend(depot.name, partition, next)
+            continue
+          }
+          // Load every row the batch will touch, one query per template.
+          const cache = new Map<string, Map<string, Row | null>>()
+          const wanted = new Map<string, Map<string, RowKey>>()
+          for (const e of events) {
+            const keys = topology.prefetch
+              ? topology.prefetch(e)
+              : singleKeyModels.map((template) => ({ template, key: [e.key] as RowKey }))
+            for (const { template, key } of keys) {
+              let m = wanted.get(template)
+              if (m === undefined) wanted.set(template, (m = new Map()))
+              m.set(keyId(key), key)
+            }
+          }
+          for (const [template, keys] of wanted) {
+            const rows = yield* retryStore(models.load(template, [...keys.values()]))
+            const m = new Map<string, Row | null>()
+            for (const id of keys.keys()) m.set(id, rows.get(id) ?? null)
+            cache.set(template, m)
+          }
+
+          const dirty = new Map<string, Map<string, RowKey>>()
+          const replies = new Map<number, unknown>()
+          const derived: Array<{ parent: Event; emits: Staged["emits"] }> = []
+          let processed = 0
+          let halted: string | undefined
+          for (const event of events) {
+            const outcome = yield* applyWithRetry(topology, event, cache, templateByName, options, models, depotByName)
+            if (outcome._tag === "Failed") {
+              if (topology.onFailure === "halt") {
+                halted = outcome.error
+                break
+              }
+              status.parked.push({ id: event.id, offset: event.offset, error: outcome.error })
+              yield* Effect.logWarning(
+                `topology ${topology.name} parked ${event.id} (${depot.name}/${partition}@${event.offset}): ${outcome.error}`,
+              )
+              processed++
+              continue
+            }
+            const staged = outcome.staged
+            for (const [template, rows] of staged.rows) {
+              let c = cache.get(template)
+              if (c === undefined) cache.set(template, (c = new Map()))
+              let d = dirty.get(template)
+              if (d === undefined) dirty.set(template, (d = new Map()))
+              for (const [id, { key, row }] of rows) {
+                c.set(id, row)
+                d.set(id, key)
+              }
+            }
+            if (staged.hasReply) replies.set(event.offset, staged.reply)
+            if (staged.emits.length > 0) derived.push({ parent: event, emits: staged.emits })
+            processed++
+          }
+
+          // Children first, checkpoint after: a crash in between re-runs the batch and the children dedupe.
+          for (const { parent, emits } of derived)
+            for (let n = 0; n < emits.length; n++) {
+              const emit = emits[n] as Staged["emits"][number]
+              const target = depotByName.get(emit.depot) as Depot
+              const childId = Lineage.derived(parent.id, topology.name, n)
+              yield* writer.append(target.name, DepotDecl.partitionOf(emit.key, target.partitions), {
+                messageId: childId,
+                childId,
+                parent: parent.id,
+                type: emit.type,
+                key: emit.key,
+                payload: emit.payload,
+                time: parent.time,
+              })
+            }
+
+          const writes: Array<RowWrite> = []
+          for (const [template, keys] of dirty) {
+            const c = cache.get(template) as Map<string, Row | null>
+            for (const [id, key] of keys) writes.push({ template, key, row: c.get(id) ?? null })
+          }
+          const newNext = processed > 0 ? (events[processed - 1] as Event).offset + 1 : next
+          if (processed > 0) yield* retryStore(models.commit(cp, newNext, writes))
+          next = newNext
+          status.next = next
+          progress.advance(topology.name, depot.name, partition, next, replies)
+          if (halted !== undefined) {
+            status.state = "halted"
+            status.error = halted
+            yield* Effect.logError(
+              `topology ${topology.name} halted on ${depot.name}/${partition}@${next}: ${halted}. The event is kept in the depot; fix the handler and restart.`,
+            )
+            return
+          }
+        }
+      })
+
+    const fibers: Array<Fiber.Fiber<unknown, unknown>> = []
+    for (const t of topologies)
+      for (const source of t.sources) {
+        progress.register(t.name, source.name)
+      }
+    for (const t of topologies)
+      for (const source of t.sources)
+        for (let p = 0; p < source.partitions; p++) fibers.push(yield* Effect.forkDetach(runStream(t, source, p)))
+    yield* Effect.addFinalizer(() => Effect.forEach(fibers, Fiber.interrupt, { discard: true }))
+
+    return TopologyRunner.of({ status: () => [...statuses.values()].map((s) => ({ ...s, parked: [...s.parked] })) })
+  })
+
+/** Store failures that may pass (lost connection) are retried until they do; the stream just waits. */
+const retryStore = <A>(effect: Effect.Effect<A, StoreError>) =>
+  effect.pipe(
+    Effect.retry({
+      while: (e) => e.retryable,
+      schedule: Schedule.min([Schedule.exponential("20 millis", 2), Schedule.spaced("2 seconds")]),
+    }),
+    Effect.orDie,
+  )
+
+type ApplyOutcome = { readonly _tag: "Applied"; readonly staged: Staged } | { readonly _tag: "Failed"; readonly error: string }
+
+/** Runs one handler against an overlay of the batch cache; the overlay is merged only on success. */
+const applyOnce = (
+  topology: Topology,
+  event: Event,
+  cache: Map<string, Map<string, Row | null>>,
+  templates: ReadonlyMap<string, Template>,
+  options: RunnerOptions,
+  models: Context.Service.Shape<typeof ReadModelStore>,
+  depots: ReadonlyMap<string, Depot>,
+) =>
+  Effect.suspend(() => {
+    const staged: Staged = { rows: new Map(), emits: [], reply: undefined, hasReply: false }
+    const writable = (template: string) => {
+      if (!topology.readModels.includes(template))
+        return Effect.fail(
+          new TopologyFailure(
+            `Topology "${topology.name}" wrote template "${template}", which is not in its readModels (${topology.readModels.join(", ")}).`,
+            false,
+          ),
+        )
+      return Effect.succeed(templates.get(template) as Template)
+    }
+    const normKey = (key: RowKey | string): RowKey => (typeof key === "string" ? [key] : key)
+    const ctx: TopologyContext = {
+      live: options.live,
+      get: (template, key) =>
+        Effect.flatMap(writable(template), () => {
+          const id = keyId(normKey(key))
+          const own = staged.rows.get(template)
+          if (own?.has(id)) return Effect.succeed(own.get(id)?.row ?? undefined)
+          const c = cache.get(template)
+          if (c?.has(id)) return Effect.succeed(c.get(id) ?? undefined)
+          return models.load(template, [normKey(key)]).pipe(
+            Effect.mapError(loadFailure),
+            Effect.map((rows) => {
+              const row = rows.get(id) ?? null
+              let m = cache.get(template)
+              if (m === undefined) cache.set(template, (m = new Map()))
+              m.set(id, row)
+              return row ?? undefined
+            }),
+          )
+        }),
+      put: (template, row) =>
+        Effect.flatMap(writable(template), (tpl) => {
+          const known = new Set(tpl.fields.map((f) => f.name))
+          for (const field of Object.keys(row))
+            if (!known.has(field) && field !== LAST_EVENT_COLUMN)
+              return Effect.fail(
+                new TopologyFailure(
+                  `Topology "${topology.name}" wrote unknown field "${field}" to template "${template}" (${tpl.file}); known fields: ${[...known].join(", ")}.`,
+                  false,
+                ),
+              )
+          for (const k of tpl.key)
+            if (row[k] === undefined || row[k] === null)
+              return Effect.fail(
+                new TopologyFailure(
+                  `Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`,
+                  false,
+                ),
+              )
+          let m = staged.rows.get(template)
+          if (m === undefined) staged.rows.set(template, (m = new Map()))
+          const key = keyOf(tpl, row)
+          m.set(keyId(key), { key, row: { ...row, [LAST_EVENT_COLUMN]: event.id } })
+          return Effect.void
+        }),
+      remove: (template, key) =>
+        Effect.flatMap(writable(template), () => {
+          let m = staged.rows.get(template)
+          if (m === undefined) staged.rows.set(template, (m = new Map()))
+          m.set(keyId(normKey(key)), { key: normKey(key), row: null })
+          return Effect.void
+        }),
+      emit: (depot, type, key, payload) =>
+        Effect.suspend(() => {
+          const target = depots.get(depot)
+          if (target === undefined)
+            return Effect.fail(
+              new TopologyFailure(`Topology "${topology.name}" emitted into unknown depot "${depot}".`, false),
+            )
+          const decoded = DepotDecl.decodePayload(target, type, payload)
+          if (!decoded.ok)
+            return Effect.fail(
+              new TopologyFailure(`Topology "${topology.name}" emitted an invalid event: ${decoded.error.message}`, false),
+            )
+          staged.emits.push({ depot, type, key, payload: decoded.payload })
+          return Effect.void
+        }),
+      reply: (value) =>
+        Effect.sync(() => {
+          staged.reply = value
+          staged.hasReply = true
+        }),
+    }
+    return Effect.as(topology.handle(event, ctx), staged)
+  })
+
+const applyWithRetry = (
+  topology: Topology,
+  event: Event,
+  cache: Map<string, Map<string, Row | null>>,
+  templates: ReadonlyMap<string, Template>,
+  options: RunnerOptions,
+  models: Context.Service.Shape<typeof ReadModelStore>,
+  depots: ReadonlyMap<string, Depot>,
+): Effect.Effect<ApplyOutcome> =>
+  Effect.gen(function* () {
+    let attempt = 0
+    while (true) {
+      const exit = yield* Effect.exit(applyOnce(topology, event, cache, templates, options, models, depots))
+      if (exit._tag === "Success") return { _tag: "Applied", staged: exit.value } as const
+      const failure = exit.cause.reasons.find((r) => r._tag === "Fail" || r._tag === "Die")
+      const err =
+        failure?._tag === "Fail"
+          ? (failure.error as TopologyFailure)
+          : new TopologyFailure(String((failure as { defect?: unknown } | undefined)?.defect ?? "interrupted"), true)
+      if (failure === undefined) return yield* Effect.interrupt
+      if (!err.retryable || attempt >= options.retries)
+        return { _tag: "Failed", error: `${err.message} (after ${attempt + 1} attempt(s))` } as const
+      yield* Effect.sleep(Duration.millis(options.retryBaseMs * 2 ** attempt))
+      attempt++
+    }
+  })
+
+export const layer = (
+  topologies: ReadonlyArray<Topology>,
+  templates: ReadonlyArray<Template>,
+  depots: ReadonlyArray<Depot>,
+  options: RunnerOptions,
+) => Layer.effect(TopologyRunner, make(topologies, templates, depots, options))
