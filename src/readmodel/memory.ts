@@ -1,0 +1,285 @@
+/**
+ * Read models in memory, for the embedded mode (rebuilt by replay at start)
+ * and for fast tests. Serves REL and REC templates alike.
+ *
+ * Exactly-once: a commit is checked in full before anything changes, then
+ * applied in one synchronous step, so a batch's rows and its checkpoint
+ * change together or not at all (atomic by construction).
+ *
+ * It behaves like the MariaDB adapter wherever the conformance suite can
+ * tell: rows are checked against their template the same way, keys sort in
+ * the same order (code points, like utf8mb4_nopad_bin), and unique indexes
+ * refuse the same writes — deletes first, then updates of existing rows, then
+ * inserts, each checked against the rows before it, as InnoDB does.
+ */
+import { Effect, Layer } from "effect"
+import { StoreError } from "../errors.ts"
+import { checkTemplate, checkTemplates } from "../template/load.ts"
+import { checkKey, checkRow, keyId, keyOf, type Row, type RowKey, type Template } from "../template/template.ts"
+import { type CheckpointId, ReadModelStore, type ReadModelStoreShape, type RowWrite } from "./store.ts"
+
+interface Table {
+  template: Template
+  /** keyId → stored row (never handed out: reads return copies). */
+  rows: Map<string, Row>
+  /** Per unique index: value id → keyId of the row holding it. */
+  unique: Map<string, Map<string, string>>
+}
+
+const failed = (message: string, cause?: unknown): StoreError =>
+  new StoreError({ code: "STORE_FAILED", message, retryable: false, cause })
+
+/** Code-point order, which is utf8mb4_nopad_bin's byte order; UTF-16 order differs above U+D7FF. */
+const compareStrings = (a: string, b: string): number => {
+  const n = Math.min(a.length, b.length)
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i)
+    let y = b.charCodeAt(i)
+    if (x !== y) {
+      if (x >= 0xd800 && y >= 0xd800) {
+        x = x >= 0xe000 ? x - 0x800 : x + 0x2000
+        y = y >= 0xe000 ? y - 0x800 : y + 0x2000
+      }
+      return x - y
+    }
+  }
+  return a.length - b.length
+}
+
+const compareValues = (a: string | number, b: string | number): number =>
+  typeof a === "number" && typeof b === "number" ? a - b : compareStrings(String(a), String(b))
+
+/** Key order as MariaDB's primary key sorts it. */
+export const compareKeys = (a: RowKey, b: RowKey): number => {
+  for (let i = 0; i < a.length; i++) {
+    const c = compareValues(a[i] as string | number, b[i] as string | number)
+    if (c !== 0) return c
+  }
+  return 0
+}
+
+/** The value of a unique index in a row, or undefined when a field is null (NULLs never collide). */
+const uniqueValue = (fields: ReadonlyArray<string>, row: Row): string | undefined => {
+  const values = fields.map((f) => row[f])
+  return values.some((v) => v === null || v === undefined) ? undefined : JSON.stringify(values)
+}
+
+const describeKey = (key: RowKey): string => `(${key.map((k) => JSON.stringify(k)).join(", ")})`
+
+/** Builds an in-memory store with its own state. */
+export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
+  const tables = new Map<string, Table>()
+  const checkpoints = new Map<string, number>()
+  const cpId = (c: CheckpointId): string => JSON.stringify([c.topology, c.depot, c.partition])
+
+  const table = (name: string): Effect.Effect<Table, StoreError> => {
+    const t = tables.get(name)
+    return t !== undefined
+      ? Effect.succeed(t)
+      : Effect.fail(
+          failed(
+            `Unknown template ${JSON.stringify(name)}: this read-model store knows ${[...tables.keys()].join(", ") || "no templates"}; ensure() the template before using it.`,
+          ),
+        )
+  }
+
+  const emptyTable = (template: Template): Table => ({
+    template,
+    rows: new Map(),
+    unique: new Map(template.indexes.filter((i) => i.unique).map((i) => [i.name, new Map()])),
+  })
+
+  /** Re-files a table's rows under a changed template; every row must still fit. */
+  const migrate = (old: Table, template: Template): Table | string => {
+    const next = emptyTable(template)
+    for (const row of old.rows.values()) {
+      const checked = checkRow(template, row)
+      if (!checked.ok) return checked.problem
+      const id = keyId(keyOf(template, checked.value))
+      if (next.rows.has(id)) return `two rows would share the key ${id}`
+      for (const index of template.indexes.filter((i) => i.unique)) {
+        const v = uniqueValue(index.fields, checked.value)
+        const map = next.unique.get(index.name) as Map<string, string>
+        if (v !== undefined && map.has(v)) return `two rows would share ${v} in unique index ${index.name}`
+        if (v !== undefined) map.set(v, id)
+      }
+      next.rows.set(id, checked.value)
+    }
+    return next
+  }
+
+  const sameTemplate = (a: Template, b: Template): boolean => {
+    const { file: _a, ...x } = a
+    const { file: _b, ...y } = b
+    return JSON.stringify(x) === JSON.stringify(y)
+  }
+
+  const ensure: ReadModelStoreShape["ensure"] = (templates) =>
+    Effect.suspend(() => {
+      for (const t of templates) {
+        const bad = checkTemplate(t)
+        if (bad !== undefined) return Effect.fail(failed(bad.message, bad))
+      }
+      const merged = new Map([...tables].map(([name, table]) => [name, table.template]))
+      for (const t of templates) merged.set(t.name, t)
+      const clash = checkTemplates(templates) ?? checkTemplates([...merged.values()])
+      if (clash !== undefined) return Effect.fail(failed(clash.message, clash))
+      const next = new Map<string, Table>()
+      for (const t of templates) {
+        const old = tables.get(t.name)
+        if (old === undefined) next.set(t.name, emptyTable(t))
+        else if (sameTemplate(old.template, t)) next.set(t.name, { ...old, template: t })
+        else {
+          const migrated = migrate(old, t)
+          if (typeof migrated === "string")
+            return Effect.fail(
+              new StoreError({
+                code: "SCHEMA_DRIFT",
+                message: `Template ${t.name} (${t.tla}, ${t.file}) changed in a way its stored rows do not fit: ${migrated}. Reset and replay it, or undo the change.`,
+                retryable: false,
+              }),
+            )
+          next.set(t.name, migrated)
+        }
+      }
+      for (const [name, t] of next) tables.set(name, t)
+      return Effect.void
+    })
+
+  const load: ReadModelStoreShape["load"] = (name, keys) =>
+    Effect.flatMap(table(name), (t) => {
+      const out = new Map<string, Row>()
+      for (const key of keys) {
+        const k = checkKey(t.template, key)
+        if (!k.ok) return Effect.fail(failed(`Loading ${name}: ${k.problem}.`))
+        const row = t.rows.get(keyId(k.value))
+        if (row !== undefined) out.set(keyId(key), structuredClone(row))
+      }
+      return Effect.succeed(out as ReadonlyMap<string, Row>)
+    })
+
+  interface Step {
+    readonly table: Table
+    readonly id: string
+    readonly row: Row | null
+    readonly key: RowKey
+  }
+
+  /** Checks every write; returns the steps in the order InnoDB would apply them. */
+  const prepare = (writes: ReadonlyArray<RowWrite>): Array<Step> | StoreError => {
+    const deletes: Array<Step> = []
+    const updates: Array<Step> = []
+    const inserts: Array<Step> = []
+    const seen = new Set<string>()
+    for (const w of writes) {
+      const t = tables.get(w.template)
+      if (t === undefined)
+        return failed(
+          `Commit refused: unknown template ${JSON.stringify(w.template)}; ensure() it first. Nothing was written.`,
+        )
+      const k = checkKey(t.template, w.key)
+      if (!k.ok) return failed(`Commit refused: ${k.problem}. Nothing was written.`)
+      const id = keyId(k.value)
+      const touch = JSON.stringify([w.template, id])
+      if (seen.has(touch))
+        return failed(`Commit refused: ${w.template} row ${describeKey(k.value)} is written twice in one batch.`)
+      seen.add(touch)
+      if (w.row === null) {
+        deletes.push({ table: t, id, row: null, key: k.value })
+        continue
+      }
+      const r = checkRow(t.template, w.row)
+      if (!r.ok) return failed(`Commit refused: ${r.problem}. Nothing was written.`)
+      const rowKey = keyOf(t.template, r.value)
+      if (keyId(rowKey) !== id)
+        return failed(
+          `Commit refused: ${w.template} write for key ${describeKey(k.value)} carries a row whose key is ${describeKey(rowKey)}. Nothing was written.`,
+        )
+      ;(t.rows.has(id) ? updates : inserts).push({ table: t, id, row: r.value, key: k.value })
+    }
+    return [...deletes, ...updates, ...inserts]
+  }
+
+  /** Unique indexes as they will be after `steps`, or the first write one of them refuses. */
+  const checkUnique = (steps: ReadonlyArray<Step>): StoreError | undefined => {
+    // value ids claimed or freed by this batch, per table and index, over the stored ones
+    const overlay = new Map<string, Map<string, string | null>>()
+    for (const s of steps) {
+      const indexes = s.table.template.indexes.filter((i) => i.unique)
+      if (indexes.length === 0) continue
+      // each row appears once per batch, so its stored state is its state before this step
+      const old = s.table.rows.get(s.id)
+      for (const index of indexes) {
+        const over = overlay.get(`${s.table.template.name}/${index.name}`) ?? new Map<string, string | null>()
+        overlay.set(`${s.table.template.name}/${index.name}`, over)
+        const base = s.table.unique.get(index.name) as Map<string, string>
+        const owner = (v: string) => (over.has(v) ? over.get(v) : base.get(v))
+        const before = old ? uniqueValue(index.fields, old) : undefined
+        if (before !== undefined && owner(before) === s.id) over.set(before, null)
+        const after = s.row ? uniqueValue(index.fields, s.row) : undefined
+        if (after !== undefined) {
+          const holder = owner(after)
+          if (holder !== undefined && holder !== null && holder !== s.id)
+            return failed(
+              `Commit refused: ${s.table.template.name} row ${describeKey(s.key)} would repeat ${after} of unique index ${index.name}, held by row ${holder}. Nothing was written.`,
+            )
+          over.set(after, s.id)
+        }
+      }
+    }
+    return undefined
+  }
+
+  const apply = (steps: ReadonlyArray<Step>): void => {
+    for (const s of steps) {
+      const old = s.table.rows.get(s.id)
+      for (const index of s.table.template.indexes.filter((i) => i.unique)) {
+        const map = s.table.unique.get(index.name) as Map<string, string>
+        const before = old ? uniqueValue(index.fields, old) : undefined
+        if (before !== undefined && map.get(before) === s.id) map.delete(before)
+        const after = s.row ? uniqueValue(index.fields, s.row) : undefined
+        if (after !== undefined) map.set(after, s.id)
+      }
+      if (s.row === null) s.table.rows.delete(s.id)
+      else s.table.rows.set(s.id, s.row)
+    }
+  }
+
+  const commit: ReadModelStoreShape["commit"] = (checkpoint, next, writes) =>
+    Effect.suspend(() => {
+      const steps = prepare(writes)
+      if (steps instanceof StoreError) return Effect.fail(steps)
+      const conflict = checkUnique(steps)
+      if (conflict !== undefined) return Effect.fail(conflict)
+      apply(steps)
+      checkpoints.set(cpId(checkpoint), next)
+      return Effect.void
+    })
+
+  const checkpoint: ReadModelStoreShape["checkpoint"] = (c) => Effect.sync(() => checkpoints.get(cpId(c)) ?? 0)
+
+  const scan: ReadModelStoreShape["scan"] = (name) =>
+    Effect.map(table(name), (t) =>
+      [...t.rows.values()]
+        .map((row) => ({ row, key: keyOf(t.template, row) }))
+        .sort((a, b) => compareKeys(a.key, b.key))
+        .map(({ row }) => structuredClone(row)),
+    )
+
+  const reset: ReadModelStoreShape["reset"] = (topology, names) =>
+    Effect.flatMap(Effect.forEach(names, table), (ts) =>
+      Effect.sync(() => {
+        for (const t of ts) {
+          t.rows.clear()
+          for (const m of t.unique.values()) m.clear()
+        }
+        for (const id of [...checkpoints.keys()])
+          if ((JSON.parse(id) as [string])[0] === topology) checkpoints.delete(id)
+      }),
+    )
+
+  return ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset })
+})
+
+/** The in-memory store as a Layer; each build starts empty. */
+export const layer: Layer.Layer<ReadModelStore> = Layer.effect(ReadModelStore, make)
