@@ -57,6 +57,8 @@ export const Config = Schema.Struct({
     /** Command transport. */
     transport: Schema.Literals(["embedded", "amqp"]),
     log_level: Schema.Literals(["debug", "info", "warn", "error"]),
+    /** Accept `x-beds-parent` IDs naming events outside this engine's depots (else UNKNOWN_PARENT). */
+    allow_external_parents: Schema.Boolean,
   }),
   ingress: Schema.Struct({
     /** Larger command bodies are rejected with BODY_TOO_LARGE. */

@@ -106,8 +106,9 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
 
     const heads = Effect.forEach(declarations.depots, (d) =>
       Effect.map(
-        Effect.forEach(Array.from({ length: d.partitions }, (_, p) => p), (p) =>
-          Effect.map(store.head(d.name, p), (head) => ({ partition: p, head })),
+        Effect.forEach(
+          Array.from({ length: d.partitions }, (_, p) => p),
+          (p) => Effect.map(store.head(d.name, p), (head) => ({ partition: p, head })),
         ),
         (partitions) => ({ depot: d.name, partitions }),
       ),

@@ -4,8 +4,8 @@
  * semantics are identical on AMQP, embedded and in process.
  */
 import { Effect } from "effect"
-import * as DepotDecl from "../depot/depot.ts"
 import type { Depot } from "../depot/depot.ts"
+import * as DepotDecl from "../depot/depot.ts"
 import type { AckLevel, AppendOutcome } from "../depot/event.ts"
 import type { DepotStoreShape } from "../depot/store.ts"
 import type { DepotWriterShape } from "../depot/writer.ts"
@@ -39,13 +39,15 @@ export interface Accepted {
   }
 }
 
-const reject = (code: ErrorCode, message: string, details?: unknown) =>
-  new CommandRejected({ code, message, details })
+const reject = (code: ErrorCode, message: string, details?: unknown) => new CommandRejected({ code, message, details })
 
 /** The error reply for a refusal. */
 export const errorReply = (e: CommandRejected): Reply => ({
   ok: false,
-  error: e.details === undefined ? { code: e.code, message: e.message } : { code: e.code, message: e.message, details: e.details },
+  error:
+    e.details === undefined
+      ? { code: e.code, message: e.message }
+      : { code: e.code, message: e.message, details: e.details },
 })
 
 const decoder = new TextDecoder("utf-8", { fatal: true })
@@ -62,7 +64,10 @@ export const validate = (
   const ack = ackText as AckLevel
   const messageId = command.messageId
   if (messageId === undefined || messageId.length === 0)
-    return reject("MISSING_MESSAGE_ID", "The command has no message_id: set the AMQP message_id property to a unique ID per command (it makes retries safe).")
+    return reject(
+      "MISSING_MESSAGE_ID",
+      "The command has no message_id: set the AMQP message_id property to a unique ID per command (it makes retries safe).",
+    )
   if (messageId.length > 255)
     return reject("MISSING_MESSAGE_ID", `message_id is ${messageId.length} characters long: use at most 255.`)
   const depot = depots.get(command.depot)
@@ -73,7 +78,10 @@ export const validate = (
     )
   const type = command.type
   if (type === undefined || type.length === 0)
-    return reject("UNKNOWN_TYPE", `The command has no event type: set the AMQP type property to one of ${Object.keys(depot.events).join(", ")}.`)
+    return reject(
+      "UNKNOWN_TYPE",
+      `The command has no event type: set the AMQP type property to one of ${Object.keys(depot.events).join(", ")}.`,
+    )
   const key = command.key
   if (key === undefined || key.length === 0)
     return reject("MISSING_KEY", `The command has no key: publish with the ${depot.keyDescription} as routing key.`)
@@ -84,14 +92,21 @@ export const validate = (
     const raw = command.body.raw
     const size = typeof raw === "string" ? Buffer.byteLength(raw) : raw.byteLength
     if (size > options.maxBodyBytes)
-      return reject("BODY_TOO_LARGE", `The body is ${size} bytes; the limit is ${options.maxBodyBytes} (ingress.max_body_bytes).`, {
-        size,
-        limit: options.maxBodyBytes,
-      })
+      return reject(
+        "BODY_TOO_LARGE",
+        `The body is ${size} bytes; the limit is ${options.maxBodyBytes} (ingress.max_body_bytes).`,
+        {
+          size,
+          limit: options.maxBodyBytes,
+        },
+      )
     try {
       payload = JSON.parse(typeof raw === "string" ? raw : decoder.decode(raw))
     } catch (e) {
-      return reject("BAD_JSON", `The body is not valid UTF-8 JSON (${(e as Error).message}); send the payload as a JSON object.`)
+      return reject(
+        "BAD_JSON",
+        `The body is not valid UTF-8 JSON (${(e as Error).message}); send the payload as a JSON object.`,
+      )
     }
   } else payload = command.body.payload
 
@@ -102,18 +117,33 @@ export const validate = (
   if (command.expect !== undefined && command.expect !== "") {
     const n = typeof command.expect === "number" ? command.expect : Number(command.expect)
     if (!Number.isSafeInteger(n) || n < 0)
-      return reject("BAD_EXPECT", `x-beds-expect must be a whole number ≥ 0 (the key's current event count); got ${JSON.stringify(command.expect)}.`)
+      return reject(
+        "BAD_EXPECT",
+        `x-beds-expect must be a whole number ≥ 0 (the key's current event count); got ${JSON.stringify(command.expect)}.`,
+      )
     expect = n
   }
   const parent = command.parent === "" ? undefined : command.parent
   if (parent !== undefined && !Lineage.isLineageId(parent))
-    return reject("BAD_PARENT", `x-beds-parent "${parent.slice(0, 100)}" is not a lineage ID (like "accounts:3:1234" or "accounts:3:1234/overdraft.0").`)
+    return reject(
+      "BAD_PARENT",
+      `x-beds-parent "${parent.slice(0, 100)}" is not a lineage ID (like "accounts:3:1234" or "accounts:3:1234/overdraft.0").`,
+    )
 
   return {
     depot,
     partition: DepotDecl.partitionOf(key, depot.partitions),
     ack,
-    request: { messageId, type, key, payload: decoded.payload, time: options.now(), expect, parent, metadata: command.metadata },
+    request: {
+      messageId,
+      type,
+      key,
+      payload: decoded.payload,
+      time: options.now(),
+      expect,
+      parent,
+      metadata: command.metadata,
+    },
   }
 }
 
@@ -152,7 +182,10 @@ export const handle = (
       const parent = yield* deps.store.byId(request.parent)
       if (parent === undefined)
         return errorReply(
-          reject("UNKNOWN_PARENT", `x-beds-parent "${request.parent}" names no stored event; check the ID, or enable engine.allow_external_parents.`),
+          reject(
+            "UNKNOWN_PARENT",
+            `x-beds-parent "${request.parent}" names no stored event; check the ID, or enable engine.allow_external_parents.`,
+          ),
         )
     }
     const outcome = yield* deps.writer.append(depot.name, partition, request)
@@ -166,7 +199,8 @@ export const handle = (
       )
     const reply = okReply(ack, outcome)
     if (ack !== "full") return reply
-    const applied = yield* deps.progress.applied(depot.name, partition, outcome.event.offset)
+    // A duplicate may name another key, hence another partition: wait on the original's.
+    const applied = yield* deps.progress.applied(depot.name, outcome.event.partition, outcome.event.offset)
     return { ...reply, applied: applied.topologies, values: applied.values }
   }).pipe(
     Effect.catchTag("StoreError", (e) =>

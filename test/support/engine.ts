@@ -6,7 +6,14 @@
 import { Context, Effect, Layer } from "effect"
 import { DepotStore, type DepotStoreShape } from "../../src/depot/store.ts"
 import { ReadModelStore, type ReadModelStoreShape } from "../../src/readmodel/store.ts"
-import { type Declarations, Engine, type EngineOptions, type EngineShape, defaultOptions, layer } from "../../src/runtime/engine.ts"
+import {
+  type Declarations,
+  defaultOptions,
+  Engine,
+  type EngineOptions,
+  type EngineShape,
+  layer,
+} from "../../src/runtime/engine.ts"
 
 export const withEngine = <A, E>(
   stores: { readonly depot: DepotStoreShape; readonly models: ReadModelStoreShape },
@@ -18,7 +25,9 @@ export const withEngine = <A, E>(
     Effect.gen(function* () {
       const ctx = yield* Layer.build(
         layer(declarations, options).pipe(
-          Layer.provide(Layer.mergeAll(Layer.succeed(DepotStore, stores.depot), Layer.succeed(ReadModelStore, stores.models))),
+          Layer.provide(
+            Layer.mergeAll(Layer.succeed(DepotStore, stores.depot), Layer.succeed(ReadModelStore, stores.models)),
+          ),
         ),
       )
       return yield* f(Context.get(ctx, Engine))

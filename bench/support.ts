@@ -1,0 +1,80 @@
+/**
+ * Benchmark helpers: a progress bar on terminals, percentiles, and a loop
+ * that keeps N operations in flight.
+ */
+import cliProgress from "cli-progress"
+
+export const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
+  sorted.length === 0
+    ? Number.NaN
+    : (sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number)
+
+export const fmt = (n: number, digits = 0) =>
+  Number.isFinite(n)
+    ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
+    : "n/a"
+
+/** A progress bar on a terminal; a line every few seconds otherwise (CI logs). */
+export const progress = (label: string, total: number) => {
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      {
+        format: `${label.padEnd(28)} [{bar}] {percentage}% {value}/{total} {rate}/s eta {eta}s`,
+        hideCursor: true,
+        stream: process.stderr,
+      },
+      cliProgress.Presets.shades_classic,
+    )
+    const start = performance.now()
+    bar.start(total, 0, { rate: 0 })
+    return {
+      update: (n: number) => bar.update(n, { rate: fmt(n / ((performance.now() - start) / 1000)) }),
+      stop: () => bar.stop(),
+    }
+  }
+  let last = 0
+  const start = performance.now()
+  return {
+    update: (n: number) => {
+      const now = performance.now()
+      if (now - last > 3000) {
+        last = now
+        process.stderr.write(`${label}: ${n}/${total} (${fmt(n / ((now - start) / 1000))}/s)\n`)
+      }
+    },
+    stop: () => undefined,
+  }
+}
+
+/** Runs `op(i)` for i in [0, total) with at most `inFlight` pending; returns per-op latencies in ms. */
+export const drive = async (
+  total: number,
+  inFlight: number,
+  op: (i: number) => Promise<unknown>,
+  onProgress?: (done: number) => void,
+): Promise<{ readonly seconds: number; readonly latencies: Float64Array }> => {
+  const latencies = new Float64Array(total)
+  let next = 0
+  let done = 0
+  const start = performance.now()
+  const worker = async () => {
+    while (next < total) {
+      const i = next++
+      const t0 = performance.now()
+      await op(i)
+      latencies[i] = performance.now() - t0
+      done++
+      if (onProgress && done % 500 === 0) onProgress(done)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(inFlight, total) }, worker))
+  onProgress?.(done)
+  return { seconds: (performance.now() - start) / 1000, latencies }
+}
+
+export const summarize = (latencies: Float64Array) => {
+  const sorted = Array.from(latencies).sort((a, b) => a - b)
+  return { p50: percentile(sorted, 50), p99: percentile(sorted, 99) }
+}
+
+export const peakRssMb = () => process.resourceUsage().maxRSS / 1024

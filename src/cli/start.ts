@@ -1,0 +1,71 @@
+/**
+ * `beds start`: the ordered start-up, then serving until SIGINT/SIGTERM.
+ * With the AMQP transport it consumes the partition queues; with the
+ * embedded transport it serves JSON lines on stdin (see transport/stdio.ts)
+ * when stdin is not a terminal. Shutdown stops consuming, lets in-flight
+ * commands finish and reply, commits checkpoints, then closes.
+ */
+import { Command } from "commander"
+import { Context, Deferred, Effect, Exit, Layer, Scope } from "effect"
+import { boot, step } from "../runtime/boot.ts"
+import { Engine } from "../runtime/engine.ts"
+import * as Amqp from "../transport/amqp.ts"
+import * as Stdio from "../transport/stdio.ts"
+import { configOf, rootOf } from "./context.ts"
+import { runCli } from "./run.ts"
+
+const log = (line: string) => process.stderr.write(`${line}\n`)
+
+export const startCommand = () =>
+  new Command("start")
+    .description("start the engine: ordered start-up (IPL), then serve until SIGINT/SIGTERM")
+    .action(async (_opts, cmd: Command) => {
+      const root = rootOf(cmd)
+      await runCli(
+        Effect.gen(function* () {
+          const t0 = performance.now()
+          const loaded = yield* configOf(root)
+          const scope = yield* Scope.make()
+          const stop = yield* Deferred.make<string>()
+          const onSignal = (sig: string) => Effect.runFork(Deferred.succeed(stop, sig))
+          process.once("SIGINT", () => onSignal("SIGINT"))
+          process.once("SIGTERM", () => onSignal("SIGTERM"))
+
+          const exit = yield* Effect.exit(
+            Effect.gen(function* () {
+              const ctx = yield* Layer.buildWithScope(boot(loaded, root, log), scope)
+              const engine = Context.get(ctx, Engine)
+              const c = loaded.config
+              // Read models must have caught up before the first command is taken.
+              yield* step("topologies catching up", engine.settle(), log)
+              if (c.engine.transport === "amqp") {
+                yield* step(
+                  `RabbitMQ ${new URL(c.amqp.url).host}: topology, consumers`,
+                  Layer.buildWithScope(
+                    Amqp.layer(Amqp.settingsFromConfig(c.amqp)).pipe(Layer.provide(Layer.succeed(Engine, engine))),
+                    scope,
+                  ),
+                  log,
+                )
+              }
+              const status = yield* engine.status()
+              const events = status.depots.reduce((n, d) => n + d.partitions.reduce((m, p) => m + p.head, 0), 0)
+              log(
+                `beds ready in ${(performance.now() - t0).toFixed(0)} ms: ${status.depots.length} depot(s), ${events} event(s), ${status.streams.length} topology stream(s), transport ${c.engine.transport}`,
+              )
+              if (c.engine.transport === "embedded" && !process.stdin.isTTY) {
+                const served = yield* Stdio.serve(engine, process.stdin, process.stdout)
+                log(`beds: stdin closed after ${served} command(s); shutting down`)
+                return
+              }
+              const sig = yield* Deferred.await(stop)
+              log(`beds: ${sig} received; stopping consumers, finishing in-flight commands`)
+            }),
+          )
+          const t1 = performance.now()
+          yield* Scope.close(scope, Exit.void)
+          if (Exit.isSuccess(exit)) log(`beds: stopped cleanly in ${(performance.now() - t1).toFixed(0)} ms`)
+          return yield* exit
+        }),
+      )
+    })
