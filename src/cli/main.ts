@@ -4,6 +4,7 @@
  * command was refused, 2 bad usage or configuration, 3 a service is missing.
  */
 import { Command } from "commander"
+import { demoCommand } from "./demo.ts"
 import { publishCommand } from "./publish.ts"
 import { startCommand } from "./start.ts"
 import { statusCommand } from "./status.ts"
@@ -16,6 +17,7 @@ const program = new Command()
   .showHelpAfterError()
 
 program.addCommand(startCommand())
+program.addCommand(demoCommand())
 program.addCommand(publishCommand())
 program.addCommand(statusCommand())
 program.addCommand(templatesCommand())
