@@ -1,0 +1,368 @@
+/**
+ * The depot store on MariaDB: every depot in one InnoDB table, `beds_event`.
+ *
+ * Index design (each query below names the index it rides on):
+ *   - PRIMARY KEY (depot, part, off): the log itself. Reads of a partition are
+ *     one clustered range scan, the head is one descent to its last entry, and
+ *     the key doubles as the fence: a stale writer's insert lands on an offset
+ *     that is already taken and fails with a duplicate-key error instead of
+ *     forking the log.
+ *   - UNIQUE (id): lineage IDs are unique across depots (a root names its own
+ *     position, a derived ID extends its parent's), and the descendants of X
+ *     are exactly the IDs in [X + "/", X + "0"), one range scan of this index.
+ *     ascii_bin orders them byte-wise, as JavaScript compares them.
+ *   - UNIQUE (depot, message_id): deduplication, also across partitions of a
+ *     depot; two partitions racing on one message_id cannot both win.
+ *   - KEY (depot, key, version): a key's version is its highest version, read
+ *     from the end of the key's index range without walking its history, one
+ *     descent per key. It leaves the partition out: a key always maps to the
+ *     same partition of its depot.
+ *
+ * `key` and `message_id` use a NO PAD collation: under the PAD SPACE
+ * collations "a" and "a " compare equal, which would merge two keys and call
+ * a new command a duplicate.
+ *
+ * Appends: one transaction per batch. The engine runs one writer per
+ * partition, so each store instance caches the head of the partitions it
+ * wrote and the versions of recently used keys (LRU, bounded). The cache is
+ * only trusted as far as the primary key lets it: a collision on
+ * (depot, part, off) means another instance wrote meanwhile, so the batch fails
+ * with FENCED and the partition's cache is dropped; a later append re-reads.
+ */
+import { Effect, Layer } from "effect"
+import type * as mariadb from "mariadb"
+import { StoreError } from "../errors.ts"
+import * as Lineage from "../lineage/lineage-id.ts"
+import { MariaDb } from "../mariadb/client.ts"
+import type { AppendRequest, Event } from "./event.ts"
+import { planAppend } from "./memory.ts"
+import { DepotStore, type DepotStoreShape } from "./store.ts"
+
+/** Tuning for the MariaDB depot store. */
+export interface Options {
+  /** Key versions cached per partition (least recently used go first). */
+  readonly keyCacheSize?: number
+}
+
+const TABLE = "beds_event"
+
+const DDL = `CREATE TABLE IF NOT EXISTS ${TABLE} (
+  depot VARCHAR(63) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  part SMALLINT UNSIGNED NOT NULL,
+  off BIGINT UNSIGNED NOT NULL,
+  id VARCHAR(${Lineage.MAX_LENGTH}) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  type VARCHAR(63) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  \`key\` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+  version BIGINT UNSIGNED NOT NULL,
+  payload LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  time BIGINT NOT NULL,
+  parent VARCHAR(${Lineage.MAX_LENGTH}) CHARACTER SET ascii COLLATE ascii_bin NULL,
+  root VARCHAR(${Lineage.MAX_LENGTH}) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  message_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+  metadata TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  PRIMARY KEY (depot, part, off),
+  UNIQUE KEY uq_event_id (id),
+  UNIQUE KEY uq_event_message (depot, message_id),
+  KEY ix_event_key (depot, \`key\`, version)
+) ENGINE=InnoDB`
+
+const COLUMNS = [
+  "depot",
+  "part",
+  "off",
+  "id",
+  "type",
+  "key",
+  "version",
+  "payload",
+  "time",
+  "parent",
+  "root",
+  "message_id",
+  "metadata",
+]
+const SELECT = `SELECT ${COLUMNS.map((c) => `\`${c}\``).join(", ")} FROM ${TABLE}`
+const INSERT = `INSERT INTO ${TABLE} (${COLUMNS.map((c) => `\`${c}\``).join(", ")}) VALUES (${COLUMNS.map(() => "?").join(", ")})`
+// Message IDs bound to `IN (?)` (the driver expands arrays) name their index:
+// on a young depot the optimizer may prefer the primary key's (depot) prefix,
+// which turns into a scan as the depot grows.
+const BY_MESSAGE_IDS = {
+  sql: `${SELECT} FORCE INDEX (uq_event_message) WHERE depot = ? AND message_id IN (?)`,
+  rowsAsArray: true,
+}
+// One backward index descent per key, whatever the statistics say: a
+// GROUP BY over the keys would let the optimizer read every version of a hot
+// key whenever most keys of the table are short. The keys arrive as one JSON
+// array; the collation must match the column's, or "a" would find "A ".
+const VERSIONS = {
+  sql: `SELECT t.k, (SELECT e.version FROM ${TABLE} e WHERE e.depot = ? AND e.\`key\` = t.k ORDER BY e.version DESC LIMIT 1)
+  FROM JSON_TABLE(?, '$[*]' COLUMNS (k VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin PATH '$')) t`,
+  rowsAsArray: true,
+}
+const HEAD = { sql: `SELECT MAX(off) FROM ${TABLE} WHERE depot = ? AND part = ?`, rowsAsArray: true }
+const VERSION = { sql: `SELECT MAX(version) FROM ${TABLE} WHERE depot = ? AND \`key\` = ?`, rowsAsArray: true }
+const READ = { sql: `${SELECT} WHERE depot = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?`, rowsAsArray: true }
+const BY_MESSAGE_ID = { sql: `${SELECT} WHERE depot = ? AND message_id = ?`, rowsAsArray: true }
+const BY_ID = { sql: `${SELECT} WHERE id = ?`, rowsAsArray: true }
+const DESCENDANTS = { sql: `${SELECT} WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`, rowsAsArray: true }
+
+type Row = ReadonlyArray<unknown>
+
+const toEvent = (r: Row): Event => ({
+  depot: r[0] as string,
+  partition: r[1] as number,
+  offset: r[2] as number,
+  id: r[3] as string,
+  type: r[4] as string,
+  key: r[5] as string,
+  version: r[6] as number,
+  payload: JSON.parse(r[7] as string),
+  time: r[8] as number,
+  parent: r[9] as string | null,
+  root: r[10] as string,
+  messageId: r[11] as string,
+  metadata: JSON.parse(r[12] as string),
+})
+
+const toRow = (e: Event): Array<unknown> => [
+  e.depot,
+  e.partition,
+  e.offset,
+  e.id,
+  e.type,
+  e.key,
+  e.version,
+  JSON.stringify(e.payload),
+  e.time,
+  e.parent,
+  e.root,
+  e.messageId,
+  JSON.stringify(e.metadata),
+]
+
+/** Which unique index a duplicate-key error hit, carried out of the transaction. */
+class DuplicateKey {
+  constructor(
+    readonly index: "log" | "message" | "id",
+    readonly message: string,
+  ) {}
+}
+
+const duplicateKey = (cause: unknown): DuplicateKey | undefined => {
+  const e = cause as { errno?: number; sqlMessage?: string; message?: string }
+  if (e?.errno !== 1062) return undefined
+  const text = e.sqlMessage ?? e.message ?? ""
+  const index = /for key '(?:[^']*\.)?([^'.]+)'/.exec(text)?.[1]
+  if (index === "PRIMARY") return new DuplicateKey("log", text)
+  if (index === "uq_event_message") return new DuplicateKey("message", text)
+  if (index === "uq_event_id") return new DuplicateKey("id", text)
+  return undefined
+}
+
+interface Cached {
+  head: number
+  /** Insertion order is recency order: the first entry is evicted first. */
+  readonly versions: Map<string, number>
+}
+
+const readOne = (rows: ReadonlyArray<Row>): Event | undefined => (rows.length > 0 ? toEvent(rows[0] as Row) : undefined)
+
+/** The MariaDB depot store over the shared pool. */
+export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, never, MariaDb> =>
+  Effect.gen(function* () {
+    const db = yield* MariaDb
+    const keyCacheSize = Math.max(0, options.keyCacheSize ?? 10_000)
+    const cache = new Map<string, Cached>()
+
+    const open: DepotStoreShape["open"] = () =>
+      db
+        .run("Creating the depot table", async (pool) => {
+          await pool.query(DDL)
+          const rows: Array<Row> = await pool.query(
+            {
+              sql: "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
+              rowsAsArray: true,
+            },
+            [TABLE],
+          )
+          const have = new Set(rows.map((r) => String(r[0]).toLowerCase()))
+          const missing = COLUMNS.filter((c) => !have.has(c))
+          if (missing.length > 0)
+            throw new StoreError({
+              code: "SCHEMA_DRIFT",
+              message: `Table ${TABLE} in ${db.settings.database} lacks column(s) ${missing.join(", ")}; it was not created by this version of BEDS. Move it aside or migrate it before starting.`,
+              retryable: false,
+            })
+        })
+        .pipe(Effect.catch((e) => Effect.fail(e.cause instanceof StoreError ? e.cause : e)))
+
+    interface Written {
+      readonly outcomes: ReturnType<typeof planAppend>["outcomes"]
+      readonly head: number
+      readonly appended: number
+      readonly versions: ReadonlyMap<string, number>
+    }
+
+    const attempt = (
+      depot: string,
+      partition: number,
+      requests: ReadonlyArray<AppendRequest>,
+      retries: number,
+    ): Effect.Effect<Written["outcomes"], StoreError> => {
+      const slot = `${depot}:${partition}`
+      const before = cache.get(slot)
+      // Taken now, before any await: a cache entry that moves during the
+      // transaction must not mix with what this batch read.
+      const head = before?.head
+      const known = new Map<string, number>()
+      const missing: Array<string> = []
+      const messageIds: Array<string> = new Array(requests.length)
+      for (let i = 0; i < requests.length; i++) {
+        const r = requests[i] as AppendRequest
+        messageIds[i] = r.messageId
+        if (known.has(r.key)) continue
+        const v = before?.versions.get(r.key)
+        if (v === undefined) missing.push(r.key)
+        known.set(r.key, v ?? 0)
+      }
+      return db
+        .transaction(`Appending to ${depot}/${partition}`, async (conn: mariadb.PoolConnection): Promise<Written> => {
+          // Pipelined: the driver sends all three before the first answer arrives.
+          const [dupRows, versionRows, headRows] = await Promise.all([
+            conn.query(BY_MESSAGE_IDS, [depot, messageIds]) as Promise<Array<Row>>,
+            missing.length > 0
+              ? (conn.query(VERSIONS, [depot, JSON.stringify(missing)]) as Promise<Array<Row>>)
+              : undefined,
+            head === undefined ? (conn.query(HEAD, [depot, partition]) as Promise<Array<Row>>) : undefined,
+          ])
+          const originals = new Map<string, Event>()
+          for (const r of dupRows) originals.set(r[11] as string, toEvent(r))
+          if (versionRows !== undefined)
+            for (const r of versionRows) known.set(r[0] as string, (r[1] as number | null) ?? 0)
+          const start = head ?? ((headRows?.[0]?.[0] as number | null) ?? -1) + 1
+          const plan = planAppend(
+            depot,
+            partition,
+            start,
+            requests,
+            (messageId) => originals.get(messageId),
+            (key) => known.get(key) ?? 0,
+          )
+          if (plan.events.length > 0) {
+            const rows = plan.events.map(toRow)
+            try {
+              await conn.batch(INSERT, rows)
+            } catch (e) {
+              throw duplicateKey(e) ?? e
+            }
+          }
+          return { outcomes: plan.outcomes, head: start, appended: plan.events.length, versions: plan.versions }
+        })
+        .pipe(
+          Effect.map((w) => {
+            remember(slot, before, w)
+            return w.outcomes
+          }),
+          Effect.catch((error) => {
+            const dup = error.cause instanceof DuplicateKey ? error.cause : undefined
+            if (dup?.index === "message") {
+              // Another partition committed one of these message_ids after this batch looked:
+              // a second look finds it and answers with the original.
+              if (retries > 0) return attempt(depot, partition, requests, retries - 1)
+              return Effect.fail(
+                new StoreError({
+                  code: "STORE_FAILED",
+                  message: `Appending to ${depot}/${partition}: a message_id of this batch kept colliding with a concurrent append to another partition (${dup.message}); retry the batch.`,
+                  retryable: true,
+                  cause: error,
+                }),
+              )
+            }
+            if (dup?.index === "id")
+              return Effect.fail(
+                new StoreError({
+                  code: "STORE_FAILED",
+                  message: `Appending to ${depot}/${partition}: a derived event's lineage ID already exists (${dup.message}); each child ID must be emitted once.`,
+                  retryable: false,
+                  cause: error,
+                }),
+              )
+            cache.delete(slot)
+            if (dup?.index === "log")
+              return Effect.fail(
+                new StoreError({
+                  code: "FENCED",
+                  message: `Appending to ${depot}/${partition}: offset ${head ?? "?"} onwards was written by another writer since this one last appended (${dup.message}). This writer is stale; stop it and let the partition's owner append.`,
+                  retryable: false,
+                  cause: error,
+                }),
+              )
+            return Effect.fail(error)
+          }),
+        )
+    }
+
+    const remember = (slot: string, before: Cached | undefined, w: Written): void => {
+      if (cache.get(slot) !== before) {
+        // Another append on this instance moved the entry meanwhile; trust neither.
+        cache.delete(slot)
+        return
+      }
+      const entry = before ?? { head: 0, versions: new Map<string, number>() }
+      entry.head = w.head + w.appended
+      const versions = entry.versions
+      for (const [key, v] of w.versions) {
+        versions.delete(key)
+        versions.set(key, v)
+      }
+      while (versions.size > keyCacheSize) versions.delete(versions.keys().next().value as string)
+      if (before === undefined) cache.set(slot, entry)
+    }
+
+    const append: DepotStoreShape["append"] = (depot, partition, requests) =>
+      requests.length === 0 ? Effect.succeed([]) : attempt(depot, partition, requests, 1)
+
+    const read: DepotStoreShape["read"] = (depot, partition, from, limit) =>
+      limit <= 0
+        ? Effect.succeed([])
+        : db.run(`Reading ${depot}/${partition}`, async (pool) =>
+            ((await pool.query(READ, [depot, partition, Math.max(0, from), limit])) as Array<Row>).map(toEvent),
+          )
+
+    const head: DepotStoreShape["head"] = (depot, partition) =>
+      db.run(`Reading the head of ${depot}/${partition}`, async (pool) => {
+        const rows = (await pool.query(HEAD, [depot, partition])) as Array<Row>
+        return ((rows[0]?.[0] as number | null) ?? -1) + 1
+      })
+
+    const version: DepotStoreShape["version"] = (depot, _partition, key) =>
+      db.run(`Reading the version of ${depot}/${key}`, async (pool) => {
+        const rows = (await pool.query(VERSION, [depot, key])) as Array<Row>
+        return (rows[0]?.[0] as number | null) ?? 0
+      })
+
+    const byMessageId: DepotStoreShape["byMessageId"] = (depot, messageId) =>
+      db.run(`Looking up message_id in ${depot}`, async (pool) =>
+        readOne((await pool.query(BY_MESSAGE_ID, [depot, messageId])) as Array<Row>),
+      )
+
+    const byId: DepotStoreShape["byId"] = (id) =>
+      db.run(`Looking up event ${id}`, async (pool) => readOne((await pool.query(BY_ID, [id])) as Array<Row>))
+
+    const descendants: DepotStoreShape["descendants"] = (id, limit) => {
+      if (limit <= 0) return Effect.succeed([])
+      const { lower, upper } = Lineage.descendantRange(id)
+      return db.run(`Reading the descendants of ${id}`, async (pool) =>
+        ((await pool.query(DESCENDANTS, [lower, upper, limit])) as Array<Row>).map(toEvent),
+      )
+    }
+
+    return DepotStore.of({ open, append, read, head, version, byMessageId, byId, descendants })
+  })
+
+/** The MariaDB depot store as a Layer over the shared pool. */
+export const layer: Layer.Layer<DepotStore, never, MariaDb> = Layer.effect(DepotStore, make())
+
+/** The same, with tuning. */
+export const layerWith = (options: Options): Layer.Layer<DepotStore, never, MariaDb> =>
+  Layer.effect(DepotStore, make(options))

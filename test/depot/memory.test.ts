@@ -1,0 +1,4 @@
+import * as Memory from "../../src/depot/memory.ts"
+import { depotStoreConformance } from "./conformance.ts"
+
+depotStoreConformance("memory", () => Memory.layer)
