@@ -49,6 +49,26 @@ const compareStrings = (a: string, b: string): number => {
 const compareValues = (a: string | number, b: string | number): number =>
   typeof a === "number" && typeof b === "number" ? a - b : compareStrings(String(a), String(b))
 
+/**
+ * Stored rows are frozen once when written (checkRow already built them
+ * fresh), so loads can hand them out without copying and no caller can
+ * change what is stored.
+ */
+const deepFreeze = <T>(value: T): T => {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
+}
+
+/** A frozen copy of a row; nested values (json fields) are copied too, the caller's objects are left alone. */
+const freezeRow = (row: Row): Row => {
+  const copy: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(row)) copy[k] = typeof v === "object" && v !== null ? deepFreeze(structuredClone(v)) : v
+  return Object.freeze(copy)
+}
+
 /** Key order as MariaDB's primary key sorts it. */
 export const compareKeys = (a: RowKey, b: RowKey): number => {
   for (let i = 0; i < a.length; i++) {
@@ -153,7 +173,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
         const k = checkKey(t.template, key)
         if (!k.ok) return Effect.fail(failed(`Loading ${name}: ${k.problem}.`))
         const row = t.rows.get(keyId(k.value))
-        if (row !== undefined) out.set(keyId(key), structuredClone(row))
+        if (row !== undefined) out.set(keyId(key), row)
       }
       return Effect.succeed(out as ReadonlyMap<string, Row>)
     })
@@ -241,7 +261,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
         if (after !== undefined) map.set(after, s.id)
       }
       if (s.row === null) s.table.rows.delete(s.id)
-      else s.table.rows.set(s.id, s.row)
+      else s.table.rows.set(s.id, freezeRow(s.row))
     }
   }
 
@@ -263,7 +283,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
       [...t.rows.values()]
         .map((row) => ({ row, key: keyOf(t.template, row) }))
         .sort((a, b) => compareKeys(a.key, b.key))
-        .map(({ row }) => structuredClone(row)),
+        .map(({ row }) => row),
     )
 
   const reset: ReadModelStoreShape["reset"] = (topology, names) =>

@@ -58,16 +58,23 @@ export const make = (): ProgressShape => {
 
   const valuesFor = (depot: string, partition: number, offset: number) => recent.get(pk(depot, partition))?.get(offset) ?? {}
 
+  // Waiters per partition are kept sorted by offset, so releasing is a prefix cut, not a scan.
   const release = (depot: string, partition: number) => {
     const list = waiters.get(pk(depot, partition))
     if (list === undefined || list.length === 0) return
     const min = minPosition(depot, partition)
-    const keep: Array<Waiter> = []
-    for (const w of list)
-      if (w.offset < min)
-        w.resume({ topologies: consumers.get(depot) ?? [], values: valuesFor(depot, partition, w.offset) })
-      else keep.push(w)
-    waiters.set(pk(depot, partition), keep)
+    let cut = 0
+    while (cut < list.length && (list[cut] as Waiter).offset < min) cut++
+    if (cut === 0) return
+    const ready = list.splice(0, cut)
+    const topologies = consumers.get(depot) ?? []
+    for (const w of ready) w.resume({ topologies, values: valuesFor(depot, partition, w.offset) })
+  }
+
+  const insertSorted = (list: Array<Waiter>, w: Waiter) => {
+    let i = list.length
+    while (i > 0 && (list[i - 1] as Waiter).offset > w.offset) i--
+    list.splice(i, 0, w)
   }
 
   return {
@@ -101,13 +108,14 @@ export const make = (): ProgressShape => {
           return
         }
         const key = pk(depot, partition)
-        const list = waiters.get(key) ?? []
+        let list = waiters.get(key)
+        if (list === undefined) waiters.set(key, (list = []))
         const waiter: Waiter = { offset, resume: (a) => resume(Effect.succeed(a)) }
-        list.push(waiter)
-        waiters.set(key, list)
+        insertSorted(list, waiter)
         return Effect.sync(() => {
           const l = waiters.get(key)
-          if (l) waiters.set(key, l.filter((w) => w !== waiter))
+          const i = l ? l.indexOf(waiter) : -1
+          if (l && i >= 0) l.splice(i, 1)
         })
       }),
   }

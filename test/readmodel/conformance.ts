@@ -454,7 +454,7 @@ export const readModelConformance = <E>(
         }),
       )
 
-      it.effect("rows handed out and taken in are copies", () =>
+      it.effect("callers cannot change stored rows: rows are copied in, and rows handed out are copies or frozen", () =>
         Effect.gen(function* () {
           const store = yield* fresh
           const doc = { list: [1, 2] }
@@ -462,8 +462,18 @@ export const readModelConformance = <E>(
           yield* store.commit(cp("conf"), 1, [put("cf_all", ["m"], written)])
           doc.list.push(3)
           const first = (yield* store.load("cf_all", [["m"]])).get("m") as { doc: { list: Array<number> } }
-          first.doc.list.push(4)
-          ;(first as Record<string, unknown>).n = 99
+          // A frozen row refuses the change (TypeError); a copied one takes it harmlessly.
+          const attempt = (f: () => void) => {
+            try {
+              f()
+            } catch (e) {
+              expect(e).toBeInstanceOf(TypeError)
+            }
+          }
+          attempt(() => first.doc.list.push(4))
+          attempt(() => {
+            ;(first as Record<string, unknown>).n = 99
+          })
           expect((yield* store.load("cf_all", [["m"]])).get("m")).toEqual(allRow("m", { doc: { list: [1, 2] } }))
           expect(yield* store.scan("cf_all")).toEqual([allRow("m", { doc: { list: [1, 2] } })])
         }),

@@ -1,0 +1,118 @@
+/**
+ * Embedded benchmark: the whole engine in one process on the file depot
+ * with in-memory read models — commands/s and latency per ack level with
+ * many in flight, and the rebuild rate at start (a replay into memory).
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { Context, Effect, Exit, Layer, Scope } from "effect"
+import { accounts } from "../depots/accounts.ts"
+import { balances } from "../projections/balances.ts"
+import * as EmbeddedClient from "../src/client/embedded.ts"
+import * as FileDepot from "../src/depot/file.ts"
+import { DepotStore } from "../src/depot/store.ts"
+import * as MemoryModels from "../src/readmodel/memory.ts"
+import { ReadModelStore } from "../src/readmodel/store.ts"
+import { Engine, defaultOptions, layer as engineLayer } from "../src/runtime/engine.ts"
+import { loadTemplates } from "../src/template/load.ts"
+import { fmt, peakRssMb, progress, summarize } from "./support.ts"
+
+export interface EmbeddedResult {
+  readonly perAck: ReadonlyArray<{ ack: string; n: number; perSec: number; p50: number; p99: number }>
+  readonly rebuild: { events: number; seconds: number; perSec: number; rssMb: number }
+}
+
+const open = async (dir: string) => {
+  const templates = await Effect.runPromise(loadTemplates("templates"))
+  const scope = await Effect.runPromise(Scope.make())
+  const ctx = await Effect.runPromise(
+    Layer.buildWithScope(
+      engineLayer({ depots: [accounts], topologies: [balances], templates }, defaultOptions).pipe(
+        Layer.provideMerge(Layer.mergeAll(FileDepot.layer(dir), MemoryModels.layer)),
+      ),
+      scope,
+    ),
+  )
+  const engine = Context.get(ctx, Engine)
+  return { engine, ctx, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
+}
+
+export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: number): Promise<EmbeddedResult> => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "beds-bench-"))
+  try {
+    const perAck: Array<EmbeddedResult["perAck"][number]> = []
+    let s = await open(dir)
+    const client = await Effect.runPromise(EmbeddedClient.make(s.engine, { inFlight: 100_000 }))
+    for (const ack of ["none", "append", "full"] as const) {
+      const bar = progress(`embedded ${ack}`, n)
+      const latencies = new Float64Array(n)
+      const t0 = performance.now()
+      let done = 0
+      await Effect.runPromise(
+        Effect.forEach(
+          Array.from({ length: n }, (_, i) => i),
+          (i) => {
+            const t = performance.now()
+            return Effect.map(
+              client.publish("accounts", "Deposited", `acc-${i % 10_000}`, { amount: 1 + (i % 100) }, { id: `${ack}-${i}`, ack }),
+              () => {
+                latencies[i] = performance.now() - t
+                if (++done % 5000 === 0) bar.update(done)
+              },
+            )
+          },
+          { concurrency: inFlight, discard: true },
+        ),
+      )
+      const seconds = (performance.now() - t0) / 1000
+      bar.stop()
+      perAck.push({ ack, n, perSec: n / seconds, ...summarize(latencies) })
+    }
+    await s.close()
+
+    // Fill the depot up to `rebuildEvents` through the store directly (fast), then time a cold start.
+    const fill = await Effect.runPromise(
+      Effect.gen(function* () {
+        const store = yield* DepotStore
+        yield* store.open([accounts])
+        let total = 0
+        for (let p = 0; p < accounts.partitions; p++) total += yield* store.head("accounts", p)
+        const bar = progress("filling the depot", rebuildEvents)
+        for (let i = total; i < rebuildEvents; i += 4000) {
+          const requests = Array.from({ length: Math.min(4000, rebuildEvents - i) }, (_, j) => ({
+            messageId: `fill-${i + j}`,
+            type: "Deposited",
+            key: `acc-${(i + j) % 10_000}`,
+            payload: { amount: 7 },
+            time: Date.now(),
+          }))
+          yield* store.append("accounts", i % accounts.partitions, requests)
+          bar.update(i + requests.length)
+        }
+        bar.stop()
+      }).pipe(Effect.provide(FileDepot.layer(dir)), Effect.scoped),
+    )
+    void fill
+    const t0 = performance.now()
+    s = await open(dir)
+    await Effect.runPromise(s.engine.settle())
+    const seconds = (performance.now() - t0) / 1000
+    const status = await Effect.runPromise(s.engine.status())
+    const events = status.depots.reduce((a, d) => a + d.partitions.reduce((b, p) => b + p.head, 0), 0)
+    const rows = await Effect.runPromise(Effect.flatMap(ReadModelStore, (m) => m.scan("acc_balance")).pipe(Effect.provideContext(s.ctx)))
+    if (rows.length !== 10_000) throw new Error(`rebuild produced ${rows.length} rows, expected 10000`)
+    await s.close()
+    return { perAck, rebuild: { events, seconds, perSec: events / seconds, rssMb: peakRssMb() } }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+export const printEmbedded = (r: EmbeddedResult) => {
+  console.log(`\nEmbedded (file depot, in-memory read models, balances topology)`)
+  console.log(`  ${"ack".padEnd(8)}${"commands".padStart(10)}${"cmd/s".padStart(12)}${"p50 ms".padStart(10)}${"p99 ms".padStart(10)}`)
+  for (const a of r.perAck)
+    console.log(`  ${a.ack.padEnd(8)}${fmt(a.n).padStart(10)}${fmt(a.perSec).padStart(12)}${fmt(a.p50, 2).padStart(10)}${fmt(a.p99, 2).padStart(10)}`)
+  console.log(`  rebuild at start: ${fmt(r.rebuild.events)} events in ${fmt(r.rebuild.seconds, 2)} s = ${fmt(r.rebuild.perSec)} events/s (target >= 300,000); peak RSS ${fmt(r.rebuild.rssMb)} MB`)
+}
