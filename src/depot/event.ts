@@ -49,6 +49,12 @@ export interface AppendRequest {
   readonly parent?: LineageId | undefined
   readonly childId?: LineageId | undefined
   readonly metadata?: Readonly<Record<string, string>> | undefined
+  /**
+   * Refuse the request (UnknownParent) unless `parent` is a stored event.
+   * Checked by the partition writer in queue order, so it never lets a later
+   * command of the same key overtake this one.
+   */
+  readonly checkParent?: boolean | undefined
 }
 
 /** What happened to one append request. */
@@ -64,4 +70,8 @@ export type AppendOutcome =
       readonly key: string
       readonly expected: number
       readonly actual: number
+    }
+  | {
+      readonly _tag: "UnknownParent"
+      readonly parent: string
     }

@@ -20,7 +20,11 @@ export type AppendListener = (depot: string, partition: number, events: Readonly
 
 export interface DepotWriterShape {
   /** Appends one request through its partition's group commit; resolves once durable. */
-  readonly append: (depot: string, partition: number, request: AppendRequest) => Effect.Effect<AppendOutcome, StoreError>
+  readonly append: (
+    depot: string,
+    partition: number,
+    request: AppendRequest,
+  ) => Effect.Effect<AppendOutcome, StoreError>
   /** Registers a listener for committed appends (topology runners, followers). */
   readonly listen: (listener: AppendListener) => Effect.Effect<void>
   /** Commits in the lifetime of this writer, and the appends they carried. */
@@ -47,7 +51,7 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
     const queues = new Map<string, Queue.Queue<Pending>>()
     const fibers: Array<Fiber.Fiber<unknown, unknown>> = []
 
-    const commit = (depot: string, partition: number, batch: ReadonlyArray<Pending>) =>
+    const storeAppend = (depot: string, partition: number, batch: ReadonlyArray<Pending>) =>
       Effect.gen(function* () {
         const outcomes = yield* store
           .append(
@@ -66,6 +70,43 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
         }
         for (let i = 0; i < batch.length; i++)
           Deferred.doneUnsafe((batch[i] as Pending).done, Effect.succeed(outcomes[i] as AppendOutcome))
+      })
+
+    /**
+     * Requests that must name a stored parent are checked here, in queue
+     * order. A parent may sit earlier in the same batch (not yet committed):
+     * then the batch is cut before the child, the prefix committed, and the
+     * child checked again.
+     */
+    const commit = (depot: string, partition: number, batch: ReadonlyArray<Pending>): Effect.Effect<void> =>
+      Effect.gen(function* () {
+        let rest = batch
+        while (rest.length > 0) {
+          let cut = rest.length
+          for (let i = 0; i < rest.length; i++) {
+            const r = (rest[i] as Pending).request
+            if (r.checkParent !== true || r.parent === undefined) continue
+            if (
+              (yield* store.byId(r.parent).pipe(Effect.retry({ schedule: retryPolicy, while: (e) => e.retryable }))) !==
+              undefined
+            )
+              continue
+            cut = i
+            break
+          }
+          if (cut === 0) {
+            // The first request's parent is neither stored nor earlier in this batch.
+            const first = rest[0] as Pending
+            Deferred.doneUnsafe(
+              first.done,
+              Effect.succeed({ _tag: "UnknownParent", parent: first.request.parent as string }),
+            )
+            rest = rest.slice(1)
+            continue
+          }
+          yield* storeAppend(depot, partition, rest.slice(0, cut))
+          rest = rest.slice(cut)
+        }
       }).pipe(
         Effect.catch((error: StoreError) =>
           Effect.sync(() => {

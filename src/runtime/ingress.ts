@@ -108,7 +108,24 @@ export const validate = (
         `The body is not valid UTF-8 JSON (${(e as Error).message}); send the payload as a JSON object.`,
       )
     }
-  } else payload = command.body.payload
+  } else {
+    // In-process payloads get the same limits as wire bodies: they are stored as JSON.
+    let text: string | undefined
+    try {
+      text = JSON.stringify(command.body.payload)
+    } catch (e) {
+      return reject("BAD_JSON", `The payload cannot be stored as JSON (${(e as Error).message}); send plain data.`)
+    }
+    if (text === undefined) return reject("BAD_JSON", "The payload is missing or not JSON data; send a JSON object.")
+    const size = Buffer.byteLength(text)
+    if (size > options.maxBodyBytes)
+      return reject(
+        "BODY_TOO_LARGE",
+        `The payload is ${size} bytes as JSON; the limit is ${options.maxBodyBytes} (ingress.max_body_bytes).`,
+        { size, limit: options.maxBodyBytes },
+      )
+    payload = command.body.payload
+  }
 
   const decoded = DepotDecl.decodePayload(depot, type, payload)
   if (!decoded.ok) return decoded.error
@@ -178,17 +195,19 @@ export const handle = (
     const accepted = validate(deps.depots, command, deps.options)
     if (accepted instanceof CommandRejected) return errorReply(accepted)
     const { depot, partition, ack, request } = accepted
-    if (request.parent !== undefined && !deps.options.allowExternalParents) {
-      const parent = yield* deps.store.byId(request.parent)
-      if (parent === undefined)
-        return errorReply(
-          reject(
-            "UNKNOWN_PARENT",
-            `x-beds-parent "${request.parent}" names no stored event; check the ID, or enable engine.allow_external_parents.`,
-          ),
-        )
-    }
-    const outcome = yield* deps.writer.append(depot.name, partition, request)
+    const checkParent = request.parent !== undefined && !deps.options.allowExternalParents
+    const outcome = yield* deps.writer.append(
+      depot.name,
+      partition,
+      checkParent ? { ...request, checkParent } : request,
+    )
+    if (outcome._tag === "UnknownParent")
+      return errorReply(
+        reject(
+          "UNKNOWN_PARENT",
+          `x-beds-parent "${outcome.parent}" names no stored event; check the ID, or set engine.allow_external_parents = true to accept parents from outside this engine.`,
+        ),
+      )
     if (outcome._tag === "VersionConflict")
       return errorReply(
         reject(

@@ -8,10 +8,16 @@ const rootId = fc
   .map(([d, p, o]) => Lineage.root(d, p, o))
 /** A random path of descent from a random root. */
 const step = fc.oneof(
-  fc.tuple(name, fc.nat({ max: 50 })).map(([t, n]) => (id: string) => Lineage.derived(id, t, n)),
-  fc
-    .tuple(name, fc.nat({ max: 63 }), fc.nat({ max: 1_000_000 }))
-    .map(([d, p, o]) => (id: string) => Lineage.adopted(id, d, p, o)),
+  fc.tuple(name, fc.nat({ max: 50 })).map(
+    ([t, n]) =>
+      (id: string) =>
+        Lineage.derived(id, t, n),
+  ),
+  fc.tuple(name, fc.nat({ max: 63 }), fc.nat({ max: 1_000_000 })).map(
+    ([d, p, o]) =>
+      (id: string) =>
+        Lineage.adopted(id, d, p, o),
+  ),
 )
 const chain = fc.tuple(rootId, fc.array(step, { maxLength: 8 })).map(([root, steps]) => {
   const ids = [root]
@@ -36,7 +42,17 @@ describe("lineage IDs", () => {
   })
 
   it("reject malformed IDs", () => {
-    for (const bad of ["", "accounts", "accounts:3", "Accounts:3:1", "accounts:3:1/", "accounts:3:1//x.1", "a:1:1/X.1", "a:-1:1", "a:1:1 "])
+    for (const bad of [
+      "",
+      "accounts",
+      "accounts:3",
+      "Accounts:3:1",
+      "accounts:3:1/",
+      "accounts:3:1//x.1",
+      "a:1:1/X.1",
+      "a:-1:1",
+      "a:1:1 ",
+    ])
       expect(Lineage.isLineageId(bad), bad).toBe(false)
   })
 
