@@ -94,7 +94,7 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
   await admin.query("DROP DATABASE IF EXISTS beds_bench")
   await admin.end()
   const templates = await Effect.runPromise(loadTemplates("templates"))
-  const declarations = { depots: [accounts], topologies: [balances], templates }
+  const declarations = { depots: [accounts], topologies: process.env.BENCH_NO_TOPOLOGY ? [] : [balances], templates }
 
   const scope = await Effect.runPromise(Scope.make())
   const ctx = await Effect.runPromise(Layer.buildWithScope(MariaDb.layer(settings), scope))

@@ -44,7 +44,8 @@ export const make = (): ProgressShape => {
   const consumers = new Map<string, Array<string>>()
   const positions = new Map<string, number>()
   const waiters = new Map<string, Array<Waiter>>()
-  const recent = new Map<string, Map<number, Record<string, unknown>>>()
+  // A ring per partition, slot = offset % RECENT_VALUES: O(1) to record and to drop the oldest.
+  const recent = new Map<string, Array<{ offset: number; values: Record<string, unknown> } | undefined>>()
 
   const pk = (depot: string, partition: number) => `${depot}/${partition}`
   const pos = (topology: string, depot: string, partition: number) =>
@@ -56,7 +57,10 @@ export const make = (): ProgressShape => {
     return min
   }
 
-  const valuesFor = (depot: string, partition: number, offset: number) => recent.get(pk(depot, partition))?.get(offset) ?? {}
+  const valuesFor = (depot: string, partition: number, offset: number) => {
+    const slot = recent.get(pk(depot, partition))?.[offset % RECENT_VALUES]
+    return slot !== undefined && slot.offset === offset ? slot.values : {}
+  }
 
   // Waiters per partition are kept sorted by offset, so releasing is a prefix cut, not a scan.
   const release = (depot: string, partition: number) => {
@@ -87,15 +91,14 @@ export const make = (): ProgressShape => {
       positions.set(`${topology}|${depot}/${partition}`, next)
       if (values.size > 0) {
         const key = pk(depot, partition)
-        let m = recent.get(key)
-        if (m === undefined) recent.set(key, (m = new Map()))
+        let ring = recent.get(key)
+        if (ring === undefined) recent.set(key, (ring = new Array(RECENT_VALUES)))
         for (const [offset, value] of values) {
-          const entry = m.get(offset) ?? {}
-          entry[topology] = value
-          m.set(offset, entry)
+          const i = offset % RECENT_VALUES
+          let slot = ring[i]
+          if (slot === undefined || slot.offset !== offset) ring[i] = slot = { offset, values: {} }
+          slot.values[topology] = value
         }
-        // Insertion order is offset order per partition, so the oldest go first.
-        while (m.size > RECENT_VALUES) m.delete(m.keys().next().value as number)
       }
       release(depot, partition)
     },

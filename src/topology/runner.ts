@@ -133,6 +133,7 @@ export const make = (
         status.next = next
         progress.advance(topology.name, depot.name, partition, next, new Map())
         const singleKeyModels = topology.readModels.filter((n) => templateByName.get(n)?.key.length === 1)
+        const apply = makeApplier(topology, templateByName, options, models, depotByName)
 
         while (true) {
           const events = yield* retryStore(store.read(depot.name, partition, next, options.batchMax))
@@ -166,7 +167,7 @@ export const make = (
           let processed = 0
           let halted: string | undefined
           for (const event of events) {
-            const outcome = yield* applyWithRetry(topology, event, cache, templateByName, options, models, depotByName)
+            const outcome = yield* apply(event, cache)
             if (outcome._tag === "Failed") {
               if (topology.onFailure === "halt") {
                 halted = outcome.error
@@ -258,131 +259,137 @@ const retryStore = <A>(effect: Effect.Effect<A, StoreError>) =>
 
 type ApplyOutcome = { readonly _tag: "Applied"; readonly staged: Staged } | { readonly _tag: "Failed"; readonly error: string }
 
-/** Runs one handler against an overlay of the batch cache; the overlay is merged only on success. */
-const applyOnce = (
+/**
+ * Applies handlers to events one at a time against an overlay of the batch
+ * cache; an event's overlay is merged only when its handler succeeded. One
+ * context object serves a whole stream (its methods read the current event
+ * and overlay), so the per-event cost is the handler's own.
+ */
+const makeApplier = (
   topology: Topology,
-  event: Event,
-  cache: Map<string, Map<string, Row | null>>,
   templates: ReadonlyMap<string, Template>,
   options: RunnerOptions,
   models: Context.Service.Shape<typeof ReadModelStore>,
   depots: ReadonlyMap<string, Depot>,
-) =>
-  Effect.suspend(() => {
-    const staged: Staged = { rows: new Map(), emits: [], reply: undefined, hasReply: false }
-    const writable = (template: string) => {
-      if (!topology.readModels.includes(template))
-        return Effect.fail(
-          new TopologyFailure(
-            `Topology "${topology.name}" wrote template "${template}", which is not in its readModels (${topology.readModels.join(", ")}).`,
-            false,
-          ),
+) => {
+  let event: Event
+  let staged: Staged
+  let cache: Map<string, Map<string, Row | null>>
+  const readable = new Set(topology.readModels)
+  const writable = (template: string): Template | TopologyFailure =>
+    readable.has(template)
+      ? (templates.get(template) as Template)
+      : new TopologyFailure(
+          `Topology "${topology.name}" used template "${template}", which is not in its readModels (${topology.readModels.join(", ")}).`,
+          false,
         )
-      return Effect.succeed(templates.get(template) as Template)
-    }
-    const normKey = (key: RowKey | string): RowKey => (typeof key === "string" ? [key] : key)
-    const ctx: TopologyContext = {
-      live: options.live,
-      get: (template, key) =>
-        Effect.flatMap(writable(template), () => {
-          const id = keyId(normKey(key))
-          const own = staged.rows.get(template)
-          if (own?.has(id)) return Effect.succeed(own.get(id)?.row ?? undefined)
-          const c = cache.get(template)
-          if (c?.has(id)) return Effect.succeed(c.get(id) ?? undefined)
-          return models.load(template, [normKey(key)]).pipe(
-            Effect.mapError(loadFailure),
-            Effect.map((rows) => {
-              const row = rows.get(id) ?? null
-              let m = cache.get(template)
-              if (m === undefined) cache.set(template, (m = new Map()))
-              m.set(id, row)
-              return row ?? undefined
-            }),
-          )
-        }),
-      put: (template, row) =>
-        Effect.flatMap(writable(template), (tpl) => {
-          const known = new Set(tpl.fields.map((f) => f.name))
-          for (const field of Object.keys(row))
-            if (!known.has(field) && field !== LAST_EVENT_COLUMN)
-              return Effect.fail(
-                new TopologyFailure(
-                  `Topology "${topology.name}" wrote unknown field "${field}" to template "${template}" (${tpl.file}); known fields: ${[...known].join(", ")}.`,
-                  false,
-                ),
-              )
-          for (const k of tpl.key)
-            if (row[k] === undefined || row[k] === null)
-              return Effect.fail(
-                new TopologyFailure(
-                  `Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`,
-                  false,
-                ),
-              )
-          let m = staged.rows.get(template)
-          if (m === undefined) staged.rows.set(template, (m = new Map()))
-          const key = keyOf(tpl, row)
-          m.set(keyId(key), { key, row: { ...row, [LAST_EVENT_COLUMN]: event.id } })
-          return Effect.void
-        }),
-      remove: (template, key) =>
-        Effect.flatMap(writable(template), () => {
-          let m = staged.rows.get(template)
-          if (m === undefined) staged.rows.set(template, (m = new Map()))
-          m.set(keyId(normKey(key)), { key: normKey(key), row: null })
-          return Effect.void
-        }),
-      emit: (depot, type, key, payload) =>
-        Effect.suspend(() => {
-          const target = depots.get(depot)
-          if (target === undefined)
-            return Effect.fail(
-              new TopologyFailure(`Topology "${topology.name}" emitted into unknown depot "${depot}".`, false),
-            )
-          const decoded = DepotDecl.decodePayload(target, type, payload)
-          if (!decoded.ok)
-            return Effect.fail(
-              new TopologyFailure(`Topology "${topology.name}" emitted an invalid event: ${decoded.error.message}`, false),
-            )
-          staged.emits.push({ depot, type, key, payload: decoded.payload })
-          return Effect.void
-        }),
-      reply: (value) =>
-        Effect.sync(() => {
-          staged.reply = value
-          staged.hasReply = true
-        }),
-    }
-    return Effect.as(topology.handle(event, ctx), staged)
-  })
+  const normKey = (key: RowKey | string): RowKey => (typeof key === "string" ? [key] : key)
+  const stagedTable = (template: string) => {
+    let m = staged.rows.get(template)
+    if (m === undefined) staged.rows.set(template, (m = new Map()))
+    return m
+  }
+  const known = new Map([...templates].map(([name, t]) => [name, new Set(t.fields.map((f) => f.name))]))
 
-const applyWithRetry = (
-  topology: Topology,
-  event: Event,
-  cache: Map<string, Map<string, Row | null>>,
-  templates: ReadonlyMap<string, Template>,
-  options: RunnerOptions,
-  models: Context.Service.Shape<typeof ReadModelStore>,
-  depots: ReadonlyMap<string, Depot>,
-): Effect.Effect<ApplyOutcome> =>
-  Effect.gen(function* () {
-    let attempt = 0
-    while (true) {
-      const exit = yield* Effect.exit(applyOnce(topology, event, cache, templates, options, models, depots))
-      if (exit._tag === "Success") return { _tag: "Applied", staged: exit.value } as const
-      const failure = exit.cause.reasons.find((r) => r._tag === "Fail" || r._tag === "Die")
-      const err =
-        failure?._tag === "Fail"
-          ? (failure.error as TopologyFailure)
-          : new TopologyFailure(String((failure as { defect?: unknown } | undefined)?.defect ?? "interrupted"), true)
-      if (failure === undefined) return yield* Effect.interrupt
-      if (!err.retryable || attempt >= options.retries)
-        return { _tag: "Failed", error: `${err.message} (after ${attempt + 1} attempt(s))` } as const
-      yield* Effect.sleep(Duration.millis(options.retryBaseMs * 2 ** attempt))
-      attempt++
-    }
-  })
+  const ctx: TopologyContext = {
+    live: options.live,
+    get: (template, key) => {
+      const tpl = writable(template)
+      if (tpl instanceof TopologyFailure) return Effect.fail(tpl)
+      const k = normKey(key)
+      const id = keyId(k)
+      const own = staged.rows.get(template)
+      if (own?.has(id)) return Effect.succeed(own.get(id)?.row ?? undefined)
+      const c = cache.get(template)
+      if (c?.has(id)) return Effect.succeed(c.get(id) ?? undefined)
+      const batchCache = cache
+      return models.load(template, [k]).pipe(
+        Effect.mapError(loadFailure),
+        Effect.map((rows) => {
+          const row = rows.get(id) ?? null
+          let m = batchCache.get(template)
+          if (m === undefined) batchCache.set(template, (m = new Map()))
+          m.set(id, row)
+          return row ?? undefined
+        }),
+      )
+    },
+    put: (template, row) => {
+      const tpl = writable(template)
+      if (tpl instanceof TopologyFailure) return Effect.fail(tpl)
+      const fields = known.get(template) as Set<string>
+      for (const field in row)
+        if (!fields.has(field) && field !== LAST_EVENT_COLUMN)
+          return Effect.fail(
+            new TopologyFailure(
+              `Topology "${topology.name}" wrote unknown field "${field}" to template "${template}" (${tpl.file}); known fields: ${[...fields].join(", ")}.`,
+              false,
+            ),
+          )
+      for (const k of tpl.key)
+        if (row[k] === undefined || row[k] === null)
+          return Effect.fail(
+            new TopologyFailure(`Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`, false),
+          )
+      const key = keyOf(tpl, row)
+      stagedTable(template).set(keyId(key), { key, row: { ...row, [LAST_EVENT_COLUMN]: event.id } })
+      return Effect.void
+    },
+    remove: (template, key) => {
+      const tpl = writable(template)
+      if (tpl instanceof TopologyFailure) return Effect.fail(tpl)
+      const k = normKey(key)
+      stagedTable(template).set(keyId(k), { key: k, row: null })
+      return Effect.void
+    },
+    emit: (depot, type, key, payload) => {
+      const target = depots.get(depot)
+      if (target === undefined)
+        return Effect.fail(new TopologyFailure(`Topology "${topology.name}" emitted into unknown depot "${depot}".`, false))
+      const decoded = DepotDecl.decodePayload(target, type, payload)
+      if (!decoded.ok)
+        return Effect.fail(
+          new TopologyFailure(`Topology "${topology.name}" emitted an invalid event: ${decoded.error.message}`, false),
+        )
+      staged.emits.push({ depot, type, key, payload: decoded.payload })
+      return Effect.void
+    },
+    reply: (value) =>
+      Effect.sync(() => {
+        staged.reply = value
+        staged.hasReply = true
+      }),
+  }
+
+  const attempt = (e: Event, c: Map<string, Map<string, Row | null>>) =>
+    Effect.suspend(() => {
+      event = e
+      cache = c
+      staged = { rows: new Map(), emits: [], reply: undefined, hasReply: false }
+      const mine = staged
+      return Effect.as(topology.handle(e, ctx), mine)
+    })
+
+  /** Runs one event's handler, retrying with backoff; a handler that keeps failing yields Failed. */
+  return (e: Event, c: Map<string, Map<string, Row | null>>): Effect.Effect<ApplyOutcome> =>
+    Effect.gen(function* () {
+      let tries = 0
+      while (true) {
+        const exit = yield* Effect.exit(attempt(e, c))
+        if (exit._tag === "Success") return { _tag: "Applied", staged: exit.value } as const
+        const failure = exit.cause.reasons.find((r) => r._tag === "Fail" || r._tag === "Die")
+        if (failure === undefined) return yield* Effect.interrupt
+        const err =
+          failure._tag === "Fail"
+            ? (failure.error as TopologyFailure)
+            : new TopologyFailure(`the handler threw: ${String((failure as { defect?: unknown }).defect)}`, true)
+        if (!err.retryable || tries >= options.retries)
+          return { _tag: "Failed", error: `${err.message} (after ${tries + 1} attempt(s))` } as const
+        yield* Effect.sleep(Duration.millis(options.retryBaseMs * 2 ** tries))
+        tries++
+      }
+    })
+}
 
 export const layer = (
   topologies: ReadonlyArray<Topology>,
