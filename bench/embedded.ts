@@ -14,7 +14,7 @@ import * as FileDepot from "../src/depot/file.ts"
 import { DepotStore } from "../src/depot/store.ts"
 import * as MemoryModels from "../src/readmodel/memory.ts"
 import { ReadModelStore } from "../src/readmodel/store.ts"
-import { Engine, defaultOptions, layer as engineLayer } from "../src/runtime/engine.ts"
+import { defaultOptions, Engine, layer as engineLayer } from "../src/runtime/engine.ts"
 import { loadTemplates } from "../src/template/load.ts"
 import { fmt, peakRssMb, progress, summarize } from "./support.ts"
 
@@ -55,7 +55,13 @@ export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: nu
           (i) => {
             const t = performance.now()
             return Effect.map(
-              client.publish("accounts", "Deposited", `acc-${i % 10_000}`, { amount: 1 + (i % 100) }, { id: `${ack}-${i}`, ack }),
+              client.publish(
+                "accounts",
+                "Deposited",
+                `acc-${i % 10_000}`,
+                { amount: 1 + (i % 100) },
+                { id: `${ack}-${i}`, ack },
+              ),
               () => {
                 latencies[i] = performance.now() - t
                 if (++done % 5000 === 0) bar.update(done)
@@ -100,7 +106,9 @@ export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: nu
     const seconds = (performance.now() - t0) / 1000
     const status = await Effect.runPromise(s.engine.status())
     const events = status.depots.reduce((a, d) => a + d.partitions.reduce((b, p) => b + p.head, 0), 0)
-    const rows = await Effect.runPromise(Effect.flatMap(ReadModelStore, (m) => m.scan("acc_balance")).pipe(Effect.provideContext(s.ctx)))
+    const rows = await Effect.runPromise(
+      Effect.flatMap(ReadModelStore, (m) => m.scan("acc_balance")).pipe(Effect.provideContext(s.ctx)),
+    )
     if (rows.length !== 10_000) throw new Error(`rebuild produced ${rows.length} rows, expected 10000`)
     await s.close()
     return { perAck, rebuild: { events, seconds, perSec: events / seconds, rssMb: peakRssMb() } }
@@ -111,8 +119,14 @@ export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: nu
 
 export const printEmbedded = (r: EmbeddedResult) => {
   console.log(`\nEmbedded (file depot, in-memory read models, balances topology)`)
-  console.log(`  ${"ack".padEnd(8)}${"commands".padStart(10)}${"cmd/s".padStart(12)}${"p50 ms".padStart(10)}${"p99 ms".padStart(10)}`)
+  console.log(
+    `  ${"ack".padEnd(8)}${"commands".padStart(10)}${"cmd/s".padStart(12)}${"p50 ms".padStart(10)}${"p99 ms".padStart(10)}`,
+  )
   for (const a of r.perAck)
-    console.log(`  ${a.ack.padEnd(8)}${fmt(a.n).padStart(10)}${fmt(a.perSec).padStart(12)}${fmt(a.p50, 2).padStart(10)}${fmt(a.p99, 2).padStart(10)}`)
-  console.log(`  rebuild at start: ${fmt(r.rebuild.events)} events in ${fmt(r.rebuild.seconds, 2)} s = ${fmt(r.rebuild.perSec)} events/s (target >= 300,000); peak RSS ${fmt(r.rebuild.rssMb)} MB`)
+    console.log(
+      `  ${a.ack.padEnd(8)}${fmt(a.n).padStart(10)}${fmt(a.perSec).padStart(12)}${fmt(a.p50, 2).padStart(10)}${fmt(a.p99, 2).padStart(10)}`,
+    )
+  console.log(
+    `  rebuild at start: ${fmt(r.rebuild.events)} events in ${fmt(r.rebuild.seconds, 2)} s = ${fmt(r.rebuild.perSec)} events/s (target >= 300,000); peak RSS ${fmt(r.rebuild.rssMb)} MB`,
+  )
 }

@@ -4,7 +4,7 @@
  * baseline measured in the same run — the same rows inserted by a plain
  * multi-row INSERT loop with the mariadb driver.
  */
-import { Context, Effect, Exit, Layer, Scope } from "effect"
+import { Effect, Exit, Layer, Scope } from "effect"
 import * as mariadb from "mariadb"
 import { accounts } from "../depots/accounts.ts"
 import { balances } from "../projections/balances.ts"

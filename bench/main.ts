@@ -12,5 +12,7 @@ const n = Number(process.env.BENCH_N ?? 100_000)
 
 if (want("foundation")) printFoundation(await runFoundation(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000)))
 if (want("embedded"))
-  printEmbedded(await runEmbedded(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000), Number(process.env.BENCH_REBUILD ?? 1_000_000)))
+  printEmbedded(
+    await runEmbedded(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000), Number(process.env.BENCH_REBUILD ?? 1_000_000)),
+  )
 process.exit(0)

@@ -65,7 +65,8 @@ const deepFreeze = <T>(value: T): T => {
 /** A frozen copy of a row; nested values (json fields) are copied too, the caller's objects are left alone. */
 const freezeRow = (row: Row): Row => {
   const copy: Record<string, unknown> = {}
-  for (const [k, v] of Object.entries(row)) copy[k] = typeof v === "object" && v !== null ? deepFreeze(structuredClone(v)) : v
+  for (const [k, v] of Object.entries(row))
+    copy[k] = typeof v === "object" && v !== null ? deepFreeze(structuredClone(v)) : v
   return Object.freeze(copy)
 }
 

@@ -10,13 +10,43 @@ import { isLineageId } from "../lineage/lineage-id.ts"
 export const FieldTypes = ["string", "text", "int", "float", "bool", "time", "json", "enum"] as const
 export type FieldType = (typeof FieldTypes)[number]
 
-export interface Field {
-  readonly name: string
+/**
+ * Nested shapes a REC template may declare (TOML `type = "map"` etc.), for
+ * query-shaped documents. REL templates keep such values in `json` fields.
+ */
+export const ShapeKinds = ["map", "list", "set", "counter", "object"] as const
+export type ShapeKind = (typeof ShapeKinds)[number]
+
+/**
+ * A nested shape. `counter`: an integer that starts at 0 and is never null.
+ * `map`: string keys to values of one type. `list`: values of one type, in
+ * order. `set`: distinct scalars, kept sorted. `object`: declared fields.
+ */
+export type Shape =
+  | { readonly kind: "counter" }
+  | { readonly kind: "map" | "list" | "set"; readonly of: ValueType }
+  | { readonly kind: "object"; readonly fields: ReadonlyArray<Field> }
+
+/** The type of a value: a field's, or a map value's, list item's or set member's. */
+export interface ValueType {
+  /**
+   * The scalar type; for a shaped value, how it is stored where there are no
+   * shapes: `int` for a counter, `json` for the others.
+   */
   readonly type: FieldType
   /** For `string`: the longest value in characters. */
   readonly max?: number | undefined
   /** For `enum`: the allowed values. */
   readonly values?: ReadonlyArray<string> | undefined
+  /** REC templates only: the nested shape, when the value has one. */
+  readonly shape?: Shape | undefined
+}
+
+/** The type name a template file uses for a value type ("map", "int", ...). */
+export const typeName = (v: ValueType): string => v.shape?.kind ?? v.type
+
+export interface Field extends ValueType {
+  readonly name: string
   readonly nullable: boolean
   /**
    * Value for rows written before the field existed (and for written rows that
@@ -135,45 +165,100 @@ const describeValue = (v: unknown): string => {
   return Array.isArray(v) ? "an array" : typeof v === "object" ? "an object" : typeof v
 }
 
-/** The value a field takes when a written row leaves it out. */
-const defaultOf = (field: Field): unknown => {
-  if (field.default === undefined) return field.nullable ? null : undefined
+/** The value a shaped field takes when nothing else is given: empty, zero, or its fields' defaults. */
+const implicitDefault = (shape: Shape): unknown => {
+  switch (shape.kind) {
+    case "counter":
+      return 0
+    case "map":
+      return {}
+    case "list":
+    case "set":
+      return []
+    case "object": {
+      const entries: Array<[string, unknown]> = []
+      for (const f of shape.fields) {
+        const d = defaultOf(f)
+        if (d === undefined) return undefined
+        entries.push([f.name, d])
+      }
+      return Object.fromEntries(entries)
+    }
+  }
+}
+
+/**
+ * The value a field takes when a written row leaves it out. A shaped field
+ * that is not nullable and declares no default starts empty (counter 0, map
+ * {}, list and set []), an object with its fields' defaults.
+ */
+export const defaultOf = (field: Field): unknown => {
+  if (field.default === undefined) {
+    if (field.nullable) return null
+    return field.shape === undefined ? undefined : implicitDefault(field.shape)
+  }
   if (field.type === "json" && typeof field.default === "string") return JSON.parse(field.default)
   return field.default
 }
 
-/**
- * Checks one field value and returns it in canonical form: -0 becomes 0
- * (MariaDB drops the sign, and every adapter must read back the same value)
- * and JSON is deep-copied, so the stored value cannot be changed through the
- * caller's reference.
- */
-export const checkValue = (template: Template, field: Field, value: unknown): Checked<unknown> => {
-  const where = `${template.name}.${field.name}`
+/** Largest |time| a REC field holds: the range JavaScript Dates and MongoDB dates share. */
+export const MAX_REC_TIME = 8_640_000_000_000_000
+/** Deepest nesting of a `json` value in a REC field (MongoDB documents nest at most 100 levels). */
+export const MAX_REC_JSON_DEPTH = 80
+
+const jsonDepth = (v: unknown): number => {
+  if (typeof v !== "object" || v === null) return 0
+  let deepest = 0
+  for (const x of Array.isArray(v) ? v : Object.values(v)) deepest = Math.max(deepest, jsonDepth(x))
+  return deepest + 1
+}
+
+/** Code-point order of strings (UTF-16 order differs above U+D7FF); the order MongoDB and utf8mb4_nopad_bin sort by. */
+export const compareCodePoints = (a: string, b: string): number => {
+  const n = Math.min(a.length, b.length)
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i)
+    let y = b.charCodeAt(i)
+    if (x !== y) {
+      if (x >= 0xd800 && y >= 0xd800) {
+        x = x >= 0xe000 ? x - 0x800 : x + 0x2000
+        y = y >= 0xe000 ? y - 0x800 : y + 0x2000
+      }
+      return x - y
+    }
+  }
+  return a.length - b.length
+}
+
+/** Checks a scalar (a value of one of FieldTypes); `rec` adds what MongoDB cannot store. */
+const checkScalar = (where: string, spec: ValueType, value: unknown, rec: boolean): Checked<unknown> => {
   const bad = (what: string) => problem<unknown>(`${where}: ${describeValue(value)} ${what}`)
-  if (value === null) return field.nullable ? ok(null) : bad(`is not allowed: the field is not nullable`)
-  switch (field.type) {
+  switch (spec.type) {
     case "string":
     case "text": {
       if (typeof value !== "string") return bad(`is not a string`)
       if (!isWellFormed(value)) return bad(`holds an unpaired UTF-16 surrogate, which UTF-8 cannot store`)
-      if (field.type === "string" && codePoints(value) > (field.max ?? 0))
-        return bad(`is ${codePoints(value)} characters long; the field holds at most ${field.max}`)
-      if (field.type === "text" && Buffer.byteLength(value, "utf8") > MAX_TEXT_BYTES)
+      if (spec.type === "string" && codePoints(value) > (spec.max ?? 0))
+        return bad(`is ${codePoints(value)} characters long; the field holds at most ${spec.max}`)
+      if (spec.type === "text" && Buffer.byteLength(value, "utf8") > MAX_TEXT_BYTES)
         return bad(`is longer than ${MAX_TEXT_BYTES} UTF-8 bytes`)
       return ok(value)
     }
     case "enum":
-      if (typeof value !== "string" || !(field.values ?? []).includes(value))
-        return bad(`is not one of ${(field.values ?? []).map((v) => JSON.stringify(v)).join(", ")}`)
+      if (typeof value !== "string" || !(spec.values ?? []).includes(value))
+        return bad(`is not one of ${(spec.values ?? []).map((v) => JSON.stringify(v)).join(", ")}`)
       return ok(value)
     case "int":
     case "time":
       if (typeof value !== "number" || !Number.isSafeInteger(value))
         return bad(
-          field.type === "time"
+          spec.type === "time"
             ? `is not a time: use integer milliseconds since 1970-01-01T00:00:00Z`
             : `is not an integer between -(2^53-1) and 2^53-1`,
+        )
+      if (rec && spec.type === "time" && Math.abs(value) > MAX_REC_TIME)
+        return bad(
+          `is outside the dates MongoDB and JavaScript share: use milliseconds between -${MAX_REC_TIME} and ${MAX_REC_TIME}`,
         )
       return ok(value === 0 ? 0 : value)
     case "float":
@@ -181,11 +266,137 @@ export const checkValue = (template: Template, field: Field, value: unknown): Ch
       return ok(value === 0 ? 0 : value)
     case "bool":
       return typeof value === "boolean" ? ok(value) : bad(`is not a boolean`)
-    case "json":
+    case "json": {
       if (!isJsonValue(value))
         return bad(`is not plain JSON (null, boolean, finite number, string, array or plain object, recursively)`)
-      return ok(JSON.parse(JSON.stringify(value)))
+      const copy = JSON.parse(JSON.stringify(value))
+      if (rec && jsonDepth(copy) > MAX_REC_JSON_DEPTH)
+        return bad(`nests deeper than ${MAX_REC_JSON_DEPTH} levels, more than a MongoDB document can hold`)
+      if (rec && typeof copy === "object" && copy !== null && !keysWellFormed(copy))
+        return bad(`has an object key with an unpaired UTF-16 surrogate, which UTF-8 cannot store`)
+      return ok(copy)
+    }
   }
+}
+
+const keysWellFormed = (v: object): boolean =>
+  Array.isArray(v)
+    ? v.every((x) => typeof x !== "object" || x === null || keysWellFormed(x))
+    : Object.entries(v).every(([k, x]) => isWellFormed(k) && (typeof x !== "object" || x === null || keysWellFormed(x)))
+
+/** Scalar types a set may hold: compared by value, with one obvious order. */
+export const SET_MEMBER_TYPES: ReadonlyArray<FieldType> = ["string", "enum", "int", "time", "bool"]
+
+const compareMembers = (a: unknown, b: unknown): number =>
+  typeof a === "string" && typeof b === "string" ? compareCodePoints(a, b) : Number(a) - Number(b)
+
+/** A map value, list item or set member: never null. */
+const checkElement = (where: string, spec: ValueType, value: unknown): Checked<unknown> => {
+  if (value === null || value === undefined)
+    return problem(
+      `${where}: ${describeValue(value)} is not allowed: map values, list items and set members cannot be null`,
+    )
+  return spec.shape === undefined ? checkScalar(where, spec, value, true) : checkShaped(where, spec.shape, value)
+}
+
+/** An object's declared field, as a row's field: default when left out, null only when nullable. */
+const checkMember = (where: string, field: Field, given: unknown): Checked<unknown> => {
+  const value = given === undefined ? defaultOf(field) : given
+  if (value === undefined) return problem(`${where} is missing: the field is not nullable and has no default`)
+  if (value === null)
+    return field.nullable ? ok(null) : problem(`${where}: null is not allowed: the field is not nullable`)
+  return checkElement(where, field, value)
+}
+
+const member = (where: string, key: string): string =>
+  IDENTIFIER.test(key) ? `${where}.${key}` : `${where}[${JSON.stringify(key)}]`
+
+/**
+ * Checks a shaped value and returns its canonical form: fresh arrays and
+ * objects, map keys in code-point order, set members sorted and distinct,
+ * object fields in declaration order with defaults filled in.
+ */
+const checkShaped = (where: string, shape: Shape, value: unknown): Checked<unknown> => {
+  const bad = (what: string) => problem<unknown>(`${where}: ${describeValue(value)} ${what}`)
+  switch (shape.kind) {
+    case "counter":
+      if (typeof value !== "number" || !Number.isSafeInteger(value))
+        return bad(`is not a counter value: use an integer between -(2^53-1) and 2^53-1`)
+      return ok(value === 0 ? 0 : value)
+    case "list": {
+      if (!Array.isArray(value)) return bad(`is not a list: use an array`)
+      const out: Array<unknown> = []
+      for (let i = 0; i < value.length; i++) {
+        const c = checkElement(`${where}[${i}]`, shape.of, value[i])
+        if (!c.ok) return c
+        out.push(c.value)
+      }
+      return ok(out)
+    }
+    case "set": {
+      const members = value instanceof Set ? [...value] : Array.isArray(value) ? value : undefined
+      if (members === undefined) return bad(`is not a set: use a Set or an array`)
+      const out: Array<unknown> = []
+      for (let i = 0; i < members.length; i++) {
+        const c = checkElement(`${where}[${i}]`, shape.of, members[i])
+        if (!c.ok) return c
+        out.push(c.value)
+      }
+      out.sort(compareMembers)
+      return ok(out.filter((v, i) => i === 0 || v !== out[i - 1]))
+    }
+    case "map": {
+      const entries =
+        value instanceof Map
+          ? [...value.entries()]
+          : typeof value === "object" && value !== null && !Array.isArray(value) && isPlainObject(value)
+            ? Object.entries(value)
+            : undefined
+      if (entries === undefined) return bad(`is not a map: use a plain object (or a Map) with string keys`)
+      const out: Array<[string, unknown]> = []
+      for (const [k, v] of entries) {
+        if (typeof k !== "string") return bad(`has the key ${describeValue(k)}; map keys are strings`)
+        if (!isWellFormed(k)) return bad(`has a key with an unpaired UTF-16 surrogate, which UTF-8 cannot store`)
+        if (v === undefined) continue
+        const c = checkElement(member(where, k), shape.of, v)
+        if (!c.ok) return c
+        out.push([k, c.value])
+      }
+      out.sort((a, b) => compareCodePoints(a[0], b[0]))
+      return ok(Object.fromEntries(out))
+    }
+    case "object": {
+      if (typeof value !== "object" || value === null || Array.isArray(value) || !isPlainObject(value))
+        return bad(`is not an object: use a plain object with the fields ${shape.fields.map((f) => f.name).join(", ")}`)
+      const given = value as Record<string, unknown>
+      const out: Array<[string, unknown]> = []
+      for (const f of shape.fields) {
+        const c = checkMember(`${where}.${f.name}`, f, Object.hasOwn(given, f.name) ? given[f.name] : undefined)
+        if (!c.ok) return c
+        out.push([f.name, c.value])
+      }
+      for (const k of Object.keys(given))
+        if (given[k] !== undefined && !shape.fields.some((f) => f.name === k))
+          return problem(
+            `${where} has no field ${JSON.stringify(k)} (declared: ${shape.fields.map((f) => f.name).join(", ")})`,
+          )
+      return ok(Object.fromEntries(out))
+    }
+  }
+}
+
+/**
+ * Checks one field value and returns it in canonical form: -0 becomes 0
+ * (MariaDB drops the sign, and every adapter must read back the same value)
+ * and JSON is deep-copied, so the stored value cannot be changed through the
+ * caller's reference. Shaped (REC) values are checked all the way down.
+ */
+export const checkValue = (template: Template, field: Field, value: unknown): Checked<unknown> => {
+  const where = `${template.name}.${field.name}`
+  if (value === null)
+    return field.nullable ? ok(null) : problem(`${where}: null is not allowed: the field is not nullable`)
+  if (field.shape !== undefined) return checkShaped(where, field.shape, value)
+  return checkScalar(where, field, value, template.backend === "rec")
 }
 
 /**

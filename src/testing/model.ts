@@ -4,8 +4,10 @@
  * real engine and this model side by side and compare every reply and the
  * final depot; it is written for obviousness, not speed.
  */
-import * as DepotDecl from "../depot/depot.ts"
+
 import type { Depot } from "../depot/depot.ts"
+import * as DepotDecl from "../depot/depot.ts"
+import { getOrCreate } from "../internal/map.ts"
 
 export interface ModelCommand {
   readonly depot: string
@@ -55,9 +57,7 @@ export class EngineModel {
 
   log(depot: string, partition: number): Array<ModelEvent> {
     const k = `${depot}/${partition}`
-    let l = this.logs.get(k)
-    if (l === undefined) this.logs.set(k, (l = []))
-    return l
+    return getOrCreate(this.logs, k, (): Array<ModelEvent> => [])
   }
 
   /** Every appended event of a depot, partition by partition in offset order. */

@@ -4,9 +4,11 @@
  * must always equal this (audit and property tests compare them), so it is
  * kept deliberately simple.
  */
+
 import { Effect } from "effect"
 import type { Event } from "../depot/event.ts"
-import { LAST_EVENT_COLUMN, type Row, type RowKey, type Template, keyId, keyOf } from "../template/template.ts"
+import { getOrCreate } from "../internal/map.ts"
+import { keyId, keyOf, LAST_EVENT_COLUMN, type Row, type RowKey, type Template } from "../template/template.ts"
 import { type Topology, type TopologyContext, TopologyFailure } from "./topology.ts"
 
 /** template name → keyId → row. */
@@ -38,8 +40,7 @@ export const fold = (
     const emits: Array<FoldEmit> = []
     const norm = (k: RowKey | string): RowKey => (typeof k === "string" ? [k] : k)
     const table = (name: string) => {
-      let m = state.get(name)
-      if (m === undefined) state.set(name, (m = new Map()))
+      const m = getOrCreate(state, name, () => new Map())
       return m
     }
     for (const event of events) {

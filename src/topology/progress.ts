@@ -3,7 +3,9 @@
  * wait until every colocated topology has applied an event, and so that
  * tests and `beds status` can wait on explicit conditions instead of sleeps.
  */
+
 import { Context, Effect, Layer } from "effect"
+import { getOrCreate } from "../internal/map.ts"
 
 /** What a `full` reply reports: which topologies applied the event, and what they returned. */
 export interface Applied {
@@ -91,8 +93,7 @@ export const make = (): ProgressShape => {
       positions.set(`${topology}|${depot}/${partition}`, next)
       if (values.size > 0) {
         const key = pk(depot, partition)
-        let ring = recent.get(key)
-        if (ring === undefined) recent.set(key, (ring = new Array(RECENT_VALUES)))
+        const ring = getOrCreate(recent, key, () => new Array(RECENT_VALUES))
         for (const [offset, value] of values) {
           const i = offset % RECENT_VALUES
           let slot = ring[i]
@@ -107,12 +108,13 @@ export const make = (): ProgressShape => {
     applied: (depot, partition, offset) =>
       Effect.callback<Applied>((resume) => {
         if (offset < minPosition(depot, partition)) {
-          resume(Effect.succeed({ topologies: consumers.get(depot) ?? [], values: valuesFor(depot, partition, offset) }))
+          resume(
+            Effect.succeed({ topologies: consumers.get(depot) ?? [], values: valuesFor(depot, partition, offset) }),
+          )
           return
         }
         const key = pk(depot, partition)
-        let list = waiters.get(key)
-        if (list === undefined) waiters.set(key, (list = []))
+        const list = getOrCreate(waiters, key, () => [])
         const waiter: Waiter = { offset, resume: (a) => resume(Effect.succeed(a)) }
         insertSorted(list, waiter)
         return Effect.sync(() => {

@@ -9,16 +9,18 @@
  * double as message_ids, so a batch re-run after a crash finds them already
  * appended and appends nothing twice.
  */
+
 import { Context, Duration, Effect, Fiber, Layer, Schedule } from "effect"
-import * as DepotDecl from "../depot/depot.ts"
 import type { Depot } from "../depot/depot.ts"
+import * as DepotDecl from "../depot/depot.ts"
 import type { Event } from "../depot/event.ts"
 import { DepotStore } from "../depot/store.ts"
 import { DepotWriter } from "../depot/writer.ts"
 import type { StoreError } from "../errors.ts"
+import { getOrCreate } from "../internal/map.ts"
 import * as Lineage from "../lineage/lineage-id.ts"
 import { type CheckpointId, ReadModelStore, type RowWrite } from "../readmodel/store.ts"
-import { LAST_EVENT_COLUMN, type Row, type RowKey, type Template, keyId, keyOf } from "../template/template.ts"
+import { keyId, keyOf, LAST_EVENT_COLUMN, type Row, type RowKey, type Template } from "../template/template.ts"
 import { Progress } from "./progress.ts"
 import { type Topology, type TopologyContext, TopologyFailure } from "./topology.ts"
 
@@ -149,8 +151,7 @@ export const make = (
               ? topology.prefetch(e)
               : singleKeyModels.map((template) => ({ template, key: [e.key] as RowKey }))
             for (const { template, key } of keys) {
-              let m = wanted.get(template)
-              if (m === undefined) wanted.set(template, (m = new Map()))
+              const m = getOrCreate(wanted, template, () => new Map())
               m.set(keyId(key), key)
             }
           }
@@ -182,10 +183,8 @@ export const make = (
             }
             const staged = outcome.staged
             for (const [template, rows] of staged.rows) {
-              let c = cache.get(template)
-              if (c === undefined) cache.set(template, (c = new Map()))
-              let d = dirty.get(template)
-              if (d === undefined) dirty.set(template, (d = new Map()))
+              const c = getOrCreate(cache, template, () => new Map())
+              const d = getOrCreate(dirty, template, () => new Map())
               for (const [id, { key, row }] of rows) {
                 c.set(id, row)
                 d.set(id, key)
@@ -257,7 +256,9 @@ const retryStore = <A>(effect: Effect.Effect<A, StoreError>) =>
     Effect.orDie,
   )
 
-type ApplyOutcome = { readonly _tag: "Applied"; readonly staged: Staged } | { readonly _tag: "Failed"; readonly error: string }
+type ApplyOutcome =
+  | { readonly _tag: "Applied"; readonly staged: Staged }
+  | { readonly _tag: "Failed"; readonly error: string }
 
 /**
  * Applies handlers to events one at a time against an overlay of the batch
@@ -285,8 +286,7 @@ const makeApplier = (
         )
   const normKey = (key: RowKey | string): RowKey => (typeof key === "string" ? [key] : key)
   const stagedTable = (template: string) => {
-    let m = staged.rows.get(template)
-    if (m === undefined) staged.rows.set(template, (m = new Map()))
+    const m = getOrCreate(staged.rows, template, () => new Map())
     return m
   }
   const known = new Map([...templates].map(([name, t]) => [name, new Set(t.fields.map((f) => f.name))]))
@@ -307,8 +307,7 @@ const makeApplier = (
         Effect.mapError(loadFailure),
         Effect.map((rows) => {
           const row = rows.get(id) ?? null
-          let m = batchCache.get(template)
-          if (m === undefined) batchCache.set(template, (m = new Map()))
+          const m = getOrCreate(batchCache, template, () => new Map())
           m.set(id, row)
           return row ?? undefined
         }),
@@ -329,7 +328,10 @@ const makeApplier = (
       for (const k of tpl.key)
         if (row[k] === undefined || row[k] === null)
           return Effect.fail(
-            new TopologyFailure(`Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`, false),
+            new TopologyFailure(
+              `Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`,
+              false,
+            ),
           )
       const key = keyOf(tpl, row)
       stagedTable(template).set(keyId(key), { key, row: { ...row, [LAST_EVENT_COLUMN]: event.id } })
@@ -345,7 +347,9 @@ const makeApplier = (
     emit: (depot, type, key, payload) => {
       const target = depots.get(depot)
       if (target === undefined)
-        return Effect.fail(new TopologyFailure(`Topology "${topology.name}" emitted into unknown depot "${depot}".`, false))
+        return Effect.fail(
+          new TopologyFailure(`Topology "${topology.name}" emitted into unknown depot "${depot}".`, false),
+        )
       const decoded = DepotDecl.decodePayload(target, type, payload)
       if (!decoded.ok)
         return Effect.fail(

@@ -22,7 +22,7 @@ import {
 
 const harness = async (
   stores: Layer.Layer<DepotStore | ReadModelStore, unknown>,
-  cleanup = () => undefined,
+  cleanup: () => void = () => undefined,
 ): Promise<TransportHarness> => {
   const declarations = await Effect.runPromise(conformanceDeclarations())
   const scope = await Effect.runPromise(Scope.make())
