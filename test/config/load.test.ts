@@ -17,6 +17,7 @@ rel = "memory"
 rec = "memory"
 transport = "embedded"
 log_level = "info"
+allow_external_parents = false
 
 [ingress]
 max_body_bytes = 1048576
