@@ -122,6 +122,7 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
         }
       })()
       const t0 = performance.now()
+      const cpu0 = process.cpuUsage()
       let done = 0
       await Effect.runPromise(
         Effect.forEach(
@@ -141,6 +142,11 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
         ),
       )
       const appendSeconds = (performance.now() - t0) / 1000
+      const cpu = process.cpuUsage(cpu0)
+      const w = (await Effect.runPromise(engine.status())).writer
+      console.error(
+        `  engine process CPU during appends: ${fmt(((cpu.user + cpu.system) / 1e6 / appendSeconds) * 100)} % of one core; ${fmt(w.commits)} commits, ${fmt(w.appends / Math.max(1, w.commits), 1)} appends per commit`,
+      )
       bar.update(n)
       bar.stop()
       await Effect.runPromise(engine.settle())

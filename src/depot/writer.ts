@@ -3,16 +3,33 @@
  * previous commit is in flight and go out together in the next one, so a
  * lightly loaded engine commits each append at once (sub-millisecond) and a
  * busy one commits hundreds per transaction — no fixed timer to wait for.
+ *
+ * The queue is a plain array of callbacks rather than Effect queues and
+ * deferreds: this is the hottest path of the engine and each append should
+ * cost one closure, not a handful of fibers' worth of allocations.
  */
-import { Context, Deferred, Effect, Fiber, Layer, Queue, Schedule } from "effect"
+import { Context, Effect, Fiber, Layer, Schedule } from "effect"
 import type { StoreError } from "../errors.ts"
 import type { Depot } from "./depot.ts"
 import type { AppendOutcome, AppendRequest, Event } from "./event.ts"
 import { DepotStore } from "./store.ts"
 
+type Resume = (effect: Effect.Effect<AppendOutcome, StoreError>) => void
+
 interface Pending {
   readonly request: AppendRequest
-  readonly done: Deferred.Deferred<AppendOutcome, StoreError>
+  readonly resume: Resume
+}
+
+interface Partition {
+  readonly depot: string
+  readonly partition: number
+  /** Appends waiting for the next commit, in call order. */
+  pending: Array<Pending>
+  /** Appends beyond `inFlight`, admitted as the queue drains (backpressure). */
+  readonly blocked: Array<Pending>
+  /** Wakes the writer fiber when it sleeps on an empty queue. */
+  wake: (() => void) | undefined
 }
 
 /** Called after each commit with the events it appended (duplicates excluded). */
@@ -48,29 +65,33 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
     const store = yield* DepotStore
     const listeners: Array<AppendListener> = []
     const stats = { commits: 0, appends: 0 }
-    const queues = new Map<string, Queue.Queue<Pending>>()
+    const partitions = new Map<string, Partition>()
     const fibers: Array<Fiber.Fiber<unknown, unknown>> = []
+    const retrying = <A>(effect: Effect.Effect<A, StoreError>) =>
+      Effect.retry(effect, { schedule: retryPolicy, while: (e) => e.retryable })
 
     const storeAppend = (depot: string, partition: number, batch: ReadonlyArray<Pending>) =>
-      Effect.gen(function* () {
-        const outcomes = yield* store
-          .append(
+      Effect.map(
+        retrying(
+          store.append(
             depot,
             partition,
             batch.map((p) => p.request),
-          )
-          .pipe(Effect.retry({ schedule: retryPolicy, while: (e) => e.retryable }))
-        stats.commits++
-        stats.appends += batch.length
-        const fresh: Array<Event> = []
-        for (const o of outcomes) if (o._tag === "Appended" && !o.duplicate) fresh.push(o.event)
-        if (fresh.length > 0) {
-          const head = (fresh[fresh.length - 1] as Event).offset + 1
-          for (const l of listeners) l(depot, partition, fresh, head)
-        }
-        for (let i = 0; i < batch.length; i++)
-          Deferred.doneUnsafe((batch[i] as Pending).done, Effect.succeed(outcomes[i] as AppendOutcome))
-      })
+          ),
+        ),
+        (outcomes) => {
+          stats.commits++
+          stats.appends += batch.length
+          const fresh: Array<Event> = []
+          for (const o of outcomes) if (o._tag === "Appended" && !o.duplicate) fresh.push(o.event)
+          if (fresh.length > 0) {
+            const head = (fresh[fresh.length - 1] as Event).offset + 1
+            for (const l of listeners) l(depot, partition, fresh, head)
+          }
+          for (let i = 0; i < batch.length; i++)
+            (batch[i] as Pending).resume(Effect.succeed(outcomes[i] as AppendOutcome))
+        },
+      )
 
     /**
      * Requests that must name a stored parent are checked here, in queue
@@ -86,42 +107,56 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
           for (let i = 0; i < rest.length; i++) {
             const r = (rest[i] as Pending).request
             if (r.checkParent !== true || r.parent === undefined) continue
-            if (
-              (yield* store.byId(r.parent).pipe(Effect.retry({ schedule: retryPolicy, while: (e) => e.retryable }))) !==
-              undefined
-            )
-              continue
+            if ((yield* retrying(store.byId(r.parent))) !== undefined) continue
             cut = i
             break
           }
           if (cut === 0) {
             // The first request's parent is neither stored nor earlier in this batch.
             const first = rest[0] as Pending
-            Deferred.doneUnsafe(
-              first.done,
-              Effect.succeed({ _tag: "UnknownParent", parent: first.request.parent as string }),
-            )
+            first.resume(Effect.succeed({ _tag: "UnknownParent", parent: first.request.parent as string }))
             rest = rest.slice(1)
             continue
           }
-          yield* storeAppend(depot, partition, rest.slice(0, cut))
+          yield* storeAppend(depot, partition, cut === rest.length ? rest : rest.slice(0, cut))
           rest = rest.slice(cut)
         }
       }).pipe(
         Effect.catch((error: StoreError) =>
           Effect.sync(() => {
-            for (const p of batch) Deferred.doneUnsafe(p.done, Effect.fail(error))
+            // Resuming twice is harmless: a resumed callback ignores later calls.
+            for (const p of batch) p.resume(Effect.fail(error))
           }),
         ),
       )
 
+    const take = (p: Partition): Array<Pending> => {
+      const batch = p.pending.length <= options.batchMax ? p.pending : p.pending.slice(0, options.batchMax)
+      p.pending = p.pending.length <= options.batchMax ? [] : p.pending.slice(options.batchMax)
+      while (p.blocked.length > 0 && p.pending.length < options.inFlight) p.pending.push(p.blocked.shift() as Pending)
+      return batch
+    }
+
+    const nonEmpty = (p: Partition) =>
+      Effect.callback<void>((resume) => {
+        if (p.pending.length > 0) return resume(Effect.void)
+        p.wake = () => {
+          p.wake = undefined
+          resume(Effect.void)
+        }
+        return Effect.sync(() => {
+          p.wake = undefined
+        })
+      })
+
     for (const depot of depots)
       for (let partition = 0; partition < depot.partitions; partition++) {
-        const queue = yield* Queue.bounded<Pending>(options.inFlight)
-        queues.set(`${depot.name}/${partition}`, queue)
+        const p: Partition = { depot: depot.name, partition, pending: [], blocked: [], wake: undefined }
+        partitions.set(`${depot.name}/${partition}`, p)
         const loop = Effect.forever(
-          Effect.flatMap(Queue.takeBetween(queue, 1, options.batchMax), (batch) =>
-            commit(depot.name, partition, batch),
+          Effect.andThen(
+            nonEmpty(p),
+            Effect.suspend(() => commit(p.depot, p.partition, take(p))),
           ),
         )
         fibers.push(yield* Effect.forkDetach(loop))
@@ -129,12 +164,13 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
     yield* Effect.addFinalizer(() => Effect.forEach(fibers, Fiber.interrupt, { discard: true }))
 
     const append: DepotWriterShape["append"] = (depot, partition, request) =>
-      Effect.suspend(() => {
-        const queue = queues.get(`${depot}/${partition}`)
-        if (queue === undefined) return Effect.die(new Error(`no writer for ${depot}/${partition}`))
-        return Effect.flatMap(Deferred.make<AppendOutcome, StoreError>(), (done) =>
-          Effect.andThen(Queue.offer(queue, { request, done }), Deferred.await(done)),
-        )
+      Effect.callback<AppendOutcome, StoreError>((resume) => {
+        const p = partitions.get(`${depot}/${partition}`)
+        if (p === undefined) return resume(Effect.die(new Error(`no writer for ${depot}/${partition}`)))
+        const pending = { request, resume }
+        if (p.pending.length >= options.inFlight) p.blocked.push(pending)
+        else p.pending.push(pending)
+        p.wake?.()
       })
 
     return DepotWriter.of({

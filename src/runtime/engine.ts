@@ -82,7 +82,9 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
     const store = yield* DepotStore
     const models = yield* ReadModelStore
     yield* store.open(declarations.depots)
-    yield* models.ensure(declarations.templates.filter((t) => t.backend === "rel" || t.backend === "rec"))
+    // Only what the served topologies write: a node that serves no REC topology needs no MongoDB.
+    const used = new Set(declarations.topologies.flatMap((t) => t.readModels))
+    yield* models.ensure(declarations.templates.filter((t) => used.has(t.name)))
     const progress = Progress.make()
     const writer = yield* Writer.make(declarations.depots, {
       batchMax: options.ingress.batchMax,

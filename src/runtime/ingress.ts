@@ -190,38 +190,45 @@ export const handle = (
     readonly options: IngressOptions
   },
   command: IncomingCommand,
-): Effect.Effect<Reply> =>
-  Effect.gen(function* () {
-    const accepted = validate(deps.depots, command, deps.options)
-    if (accepted instanceof CommandRejected) return errorReply(accepted)
-    const { depot, partition, ack, request } = accepted
-    const checkParent = request.parent !== undefined && !deps.options.allowExternalParents
-    const outcome = yield* deps.writer.append(
-      depot.name,
-      partition,
-      checkParent ? { ...request, checkParent } : request,
-    )
-    if (outcome._tag === "UnknownParent")
-      return errorReply(
-        reject(
-          "UNKNOWN_PARENT",
-          `x-beds-parent "${outcome.parent}" names no stored event; check the ID, or set engine.allow_external_parents = true to accept parents from outside this engine.`,
-        ),
+): Effect.Effect<Reply> => {
+  // Written as a plain chain, not a generator: this runs once per command.
+  const accepted = validate(deps.depots, command, deps.options)
+  if (accepted instanceof CommandRejected) return Effect.succeed(errorReply(accepted))
+  const { depot, partition, ack, request } = accepted
+  const checkParent = request.parent !== undefined && !deps.options.allowExternalParents
+  return deps.writer.append(depot.name, partition, checkParent ? { ...request, checkParent } : request).pipe(
+    Effect.flatMap((outcome): Effect.Effect<Reply> => {
+      if (outcome._tag === "UnknownParent")
+        return Effect.succeed(
+          errorReply(
+            reject(
+              "UNKNOWN_PARENT",
+              `x-beds-parent "${outcome.parent}" names no stored event; check the ID, or set engine.allow_external_parents = true to accept parents from outside this engine.`,
+            ),
+          ),
+        )
+      if (outcome._tag === "VersionConflict")
+        return Effect.succeed(
+          errorReply(
+            reject(
+              "VERSION_CONFLICT",
+              `Key "${outcome.key}" is at version ${outcome.actual}, not ${outcome.expected} as x-beds-expect said; nothing was appended. Re-read and retry with x-beds-expect: ${outcome.actual}.`,
+              { expected: outcome.expected, actual: outcome.actual },
+            ),
+          ),
+        )
+      const reply = okReply(ack, outcome)
+      if (ack !== "full") return Effect.succeed(reply)
+      // A duplicate may name another key, hence another partition: wait on the original's.
+      return Effect.map(
+        deps.progress.applied(depot.name, outcome.event.partition, outcome.event.offset),
+        (applied) => ({
+          ...reply,
+          applied: applied.topologies,
+          values: applied.values,
+        }),
       )
-    if (outcome._tag === "VersionConflict")
-      return errorReply(
-        reject(
-          "VERSION_CONFLICT",
-          `Key "${outcome.key}" is at version ${outcome.actual}, not ${outcome.expected} as x-beds-expect said; nothing was appended. Re-read and retry with x-beds-expect: ${outcome.actual}.`,
-          { expected: outcome.expected, actual: outcome.actual },
-        ),
-      )
-    const reply = okReply(ack, outcome)
-    if (ack !== "full") return reply
-    // A duplicate may name another key, hence another partition: wait on the original's.
-    const applied = yield* deps.progress.applied(depot.name, outcome.event.partition, outcome.event.offset)
-    return { ...reply, applied: applied.topologies, values: applied.values }
-  }).pipe(
+    }),
     Effect.catchTag("StoreError", (e) =>
       Effect.succeed(
         errorReply(
@@ -233,3 +240,4 @@ export const handle = (
       ),
     ),
   )
+}

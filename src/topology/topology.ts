@@ -32,11 +32,10 @@ export interface TopologyContext {
 /** A handler's failure; the runner retries it, then applies the topology's policy. */
 export class TopologyFailure extends Error {
   readonly _tag = "TopologyFailure"
-  constructor(
-    message: string,
-    readonly retryable = true,
-  ) {
+  readonly retryable: boolean
+  constructor(message: string, retryable = true) {
     super(message)
+    this.retryable = retryable
   }
 }
 
