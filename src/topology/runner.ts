@@ -59,6 +59,9 @@ interface Staged {
   hasReply: boolean
 }
 
+/** Events kept per partition for live streams; a stream further behind reads the store. */
+const TAIL_MAX = 20_000
+
 const loadFailure = (e: StoreError) => new TopologyFailure(e.message, e.retryable)
 
 /** Starts every topology's streams; they stop when the Layer's scope closes. */
@@ -79,8 +82,27 @@ export const make = (
 
     // Wake-ups: a stream that caught up sleeps until its partition's head moves.
     const wakers = new Map<string, Array<() => void>>()
-    yield* writer.listen((depot, partition) => {
+    // The newest events of each partition as the writer committed them: live
+    // streams read them from here instead of querying (and decoding) the store.
+    const tails = new Map<string, { first: number; events: Array<Event> }>()
+    const fromTail = (depot: string, partition: number, next: number, limit: number) => {
+      const tail = tails.get(`${depot}/${partition}`)
+      if (tail === undefined || next < tail.first || next >= tail.first + tail.events.length) return undefined
+      const start = next - tail.first
+      return tail.events.slice(start, start + limit)
+    }
+    yield* writer.listen((depot, partition, events) => {
       const key = `${depot}/${partition}`
+      const first = (events[0] as Event).offset
+      const tail = tails.get(key)
+      if (tail !== undefined && tail.first + tail.events.length === first) for (const e of events) tail.events.push(e)
+      else tails.set(key, { first, events: [...events] })
+      const t = tails.get(key) as { first: number; events: Array<Event> }
+      if (t.events.length > TAIL_MAX) {
+        const drop = t.events.length - TAIL_MAX / 2
+        t.events = t.events.slice(drop)
+        t.first += drop
+      }
       const list = wakers.get(key)
       if (list && list.length > 0) {
         wakers.set(key, [])
@@ -138,7 +160,9 @@ export const make = (
         const apply = makeApplier(topology, templateByName, options, models, depotByName)
 
         while (true) {
-          const events = yield* retryStore(store.read(depot.name, partition, next, options.batchMax))
+          const events =
+            fromTail(depot.name, partition, next, options.batchMax) ??
+            (yield* retryStore(store.read(depot.name, partition, next, options.batchMax)))
           if (events.length === 0) {
             yield* waitForAppend(depot.name, partition, next)
             continue
