@@ -10,7 +10,7 @@
  * appended and appends nothing twice.
  */
 
-import { Context, Duration, Effect, Fiber, Layer, Schedule } from "effect"
+import { Cause, Context, Duration, Effect, Fiber, Layer, Schedule } from "effect"
 import type { Depot } from "../depot/depot.ts"
 import * as DepotDecl from "../depot/depot.ts"
 import type { Event } from "../depot/event.ts"
@@ -31,6 +31,11 @@ export interface RunnerOptions {
   readonly retryBaseMs: number
   /** False for a replay: live-only side effects are skipped. */
   readonly live: boolean
+  /**
+   * Replays: the offset (exclusive) at which a stream stops instead of
+   * waiting for appends; read once per batch, so a batch never passes it.
+   */
+  readonly until?: ((depot: string, partition: number) => number) | undefined
 }
 
 /** The state of one (topology, depot, partition) stream. */
@@ -43,10 +48,14 @@ export interface StreamStatus {
   readonly error?: string | undefined
   /** Events whose handler kept failing under the `park` policy, kept for inspection. */
   readonly parked: ReadonlyArray<{ readonly id: string; readonly offset: number; readonly error: string }>
+  /** Times the stream died and was restarted by its supervisor. */
+  readonly restarts: number
 }
 
 export interface TopologyRunnerShape {
   readonly status: () => ReadonlyArray<StreamStatus>
+  /** Ends when every stream has stopped (with `until`, or halted); fails if one died. */
+  readonly finished?: Effect.Effect<void, unknown> | undefined
 }
 
 export class TopologyRunner extends Context.Service<TopologyRunner, TopologyRunnerShape>()("beds/TopologyRunner") {}
@@ -78,7 +87,10 @@ export const make = (
     const progress = yield* Progress
     const templateByName = new Map(templates.map((t) => [t.name, t]))
     const depotByName = new Map(depots.map((d) => [d.name, d]))
-    const statuses = new Map<string, { -readonly [K in keyof StreamStatus]: StreamStatus[K] }>()
+    type MutableStatus = { -readonly [K in keyof StreamStatus]: StreamStatus[K] } & {
+      parked: Array<{ id: string; offset: number; error: string }>
+    }
+    const statuses = new Map<string, MutableStatus>()
 
     // Wake-ups: a stream that caught up sleeps until its partition's head moves.
     const wakers = new Map<string, Array<() => void>>()
@@ -143,7 +155,8 @@ export const make = (
     const runStream = (topology: Topology, depot: Depot, partition: number) =>
       Effect.gen(function* () {
         const cp: CheckpointId = { topology: topology.name, depot: depot.name, partition }
-        const status = {
+        const key = `${topology.name}|${depot.name}/${partition}`
+        const status: MutableStatus = statuses.get(key) ?? {
           topology: topology.name,
           depot: depot.name,
           partition,
@@ -151,8 +164,10 @@ export const make = (
           state: "running" as "running" | "halted",
           error: undefined as string | undefined,
           parked: [] as Array<{ id: string; offset: number; error: string }>,
+          restarts: 0,
         }
-        statuses.set(`${topology.name}|${depot.name}/${partition}`, status)
+        status.state = "running"
+        statuses.set(key, status)
         let next = yield* retryStore(models.checkpoint(cp))
         status.next = next
         progress.advance(topology.name, depot.name, partition, next, new Map())
@@ -160,9 +175,12 @@ export const make = (
         const apply = makeApplier(topology, templateByName, options, models, depotByName)
 
         while (true) {
+          const stop = options.until?.(depot.name, partition)
+          if (stop !== undefined && next >= stop) return
+          const limit = stop === undefined ? options.batchMax : Math.min(options.batchMax, stop - next)
           const events =
-            fromTail(depot.name, partition, next, options.batchMax) ??
-            (yield* retryStore(store.read(depot.name, partition, next, options.batchMax)))
+            fromTail(depot.name, partition, next, limit) ??
+            (yield* retryStore(store.read(depot.name, partition, next, limit)))
           if (events.length === 0) {
             yield* waitForAppend(depot.name, partition, next)
             continue
@@ -242,7 +260,16 @@ export const make = (
             for (const [id, key] of keys) writes.push({ template, key, row: c.get(id) ?? null })
           }
           const newNext = processed > 0 ? (events[processed - 1] as Event).offset + 1 : next
-          if (processed > 0) yield* retryStore(models.commit(cp, newNext, writes))
+          if (processed > 0 && (yield* commitUnlessFenced(models.commit(cp, newNext, writes)))) {
+            // A replay fenced this topology to swap rebuilt read models in: this batch was folded from
+            // rows that may be gone, so fold it again from the checkpoint, which waits for the swap.
+            next = yield* retryStore(models.checkpoint(cp))
+            status.next = next
+            yield* Effect.logInfo(
+              `topology ${topology.name} ${depot.name}/${partition}: read models swapped by a replay; resuming at ${next}`,
+            )
+            continue
+          }
           next = newNext
           status.next = next
           progress.advance(topology.name, depot.name, partition, next, replies)
@@ -257,6 +284,28 @@ export const make = (
         }
       })
 
+    /**
+     * A stream that dies (a store failure that is not transient, a bug) is
+     * restarted with capped backoff from its stored checkpoint, which is
+     * always consistent with its rows; a stream halted by its topology's
+     * policy stays halted.
+     */
+    const supervise = (topology: Topology, depot: Depot, partition: number) =>
+      Effect.gen(function* () {
+        let delay = 100
+        while (true) {
+          const exit = yield* Effect.exit(runStream(topology, depot, partition))
+          if (exit._tag === "Success" || Cause.hasInterruptsOnly(exit.cause)) return
+          const status = statuses.get(`${topology.name}|${depot.name}/${partition}`)
+          if (status) status.restarts++
+          yield* Effect.logError(
+            `topology ${topology.name} on ${depot.name}/${partition} failed and restarts in ${delay} ms: ${Cause.pretty(exit.cause).split("\n")[0]}`,
+          )
+          yield* Effect.sleep(Duration.millis(delay))
+          delay = Math.min(delay * 2, 10_000)
+        }
+      })
+
     const fibers: Array<Fiber.Fiber<unknown, unknown>> = []
     for (const t of topologies)
       for (const source of t.sources) {
@@ -264,11 +313,26 @@ export const make = (
       }
     for (const t of topologies)
       for (const source of t.sources)
-        for (let p = 0; p < source.partitions; p++) fibers.push(yield* Effect.forkDetach(runStream(t, source, p)))
+        for (let p = 0; p < source.partitions; p++) fibers.push(yield* Effect.forkDetach(supervise(t, source, p)))
     yield* Effect.addFinalizer(() => Effect.forEach(fibers, Fiber.interrupt, { discard: true }))
 
-    return TopologyRunner.of({ status: () => [...statuses.values()].map((s) => ({ ...s, parked: [...s.parked] })) })
+    return TopologyRunner.of({
+      status: () => [...statuses.values()].map((s) => ({ ...s, parked: [...s.parked] })),
+      finished: Effect.asVoid(Fiber.joinAll(fibers)),
+    })
   })
+
+/** Commits; true when the store refused with FENCED (see the read-model port), other failures as retryStore. */
+const commitUnlessFenced = (commit: Effect.Effect<void, StoreError>) =>
+  retryStore(
+    commit.pipe(
+      Effect.as(false),
+      Effect.catchIf(
+        (e) => e.code === "FENCED",
+        () => Effect.succeed(true),
+      ),
+    ),
+  )
 
 /** Store failures that may pass (lost connection) are retried until they do; the stream just waits. */
 const retryStore = <A>(effect: Effect.Effect<A, StoreError>) =>

@@ -1,0 +1,152 @@
+/**
+ * The topology runner's failure handling: retries, the halt and park
+ * policies, and supervision of streams that die.
+ */
+import { Effect, Schema } from "effect"
+import { beforeAll, describe, expect, it } from "vitest"
+import * as Depot from "../../src/depot/depot.ts"
+import * as MemoryDepot from "../../src/depot/memory.ts"
+import { StoreError } from "../../src/errors.ts"
+import * as MemoryModels from "../../src/readmodel/memory.ts"
+import type { ReadModelStoreShape } from "../../src/readmodel/store.ts"
+import type { Declarations } from "../../src/runtime/engine.ts"
+import { defaultOptions } from "../../src/runtime/engine.ts"
+import { parseTemplate } from "../../src/template/load.ts"
+import type { Template } from "../../src/template/template.ts"
+import * as Topology from "../../src/topology/topology.ts"
+import { withEngine } from "../support/engine.ts"
+
+const notes = Depot.make({
+  name: "notes",
+  partitions: 1,
+  key: "note id",
+  events: { Written: Schema.Struct({ text: Schema.String }) },
+})
+
+let template: Template
+beforeAll(async () => {
+  template = await Effect.runPromise(
+    parseTemplate(
+      `tla = "NTE"\nname = "nte_note"\nbackend = "rel"\nkey = ["id"]\n[fields.id]\ntype = "string"\nmax = 64\n[fields.text]\ntype = "text"\n`,
+      "nte_note.toml",
+    ),
+  )
+})
+
+/** A topology that fails on texts starting with "fail" (`attempts` counts calls per event). */
+const failing = (onFailure: "halt" | "park", failTimes: number, attempts: Map<string, number>) =>
+  Topology.make({
+    name: "notebook",
+    sources: [notes],
+    readModels: ["nte_note"],
+    onFailure,
+    handle: (event, ctx) =>
+      Effect.gen(function* () {
+        const n = (attempts.get(event.id) ?? 0) + 1
+        attempts.set(event.id, n)
+        const text = (event.payload as { text: string }).text
+        if (text.startsWith("fail") && n <= failTimes)
+          return yield* Effect.fail(new Topology.TopologyFailure(`cannot take "${text}"`))
+        yield* ctx.put("nte_note", { id: event.key, text })
+      }),
+  })
+
+const fastRetries = { ...defaultOptions, topology: { batchMax: 100, retries: 3, retryBaseMs: 1 } }
+const stores = async () => ({ depot: MemoryDepot.make(), models: await Effect.runPromise(MemoryModels.make) })
+const decl = (t: Topology.Topology): Declarations => ({ depots: [notes], topologies: [t], templates: [template] })
+const waitUntil = (check: () => Effect.Effect<boolean>) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 400; i++) {
+      if (yield* check()) return
+      yield* Effect.sleep("5 millis")
+    }
+    throw new Error("condition not reached in 2 s")
+  })
+
+describe("topology runner", () => {
+  it("retries a failing handler and applies the event once when a retry succeeds", async () => {
+    const attempts = new Map<string, number>()
+    const s = await stores()
+    const reply = await Effect.runPromise(
+      withEngine(
+        s,
+        decl(failing("halt", 2, attempts)),
+        (engine) => engine.publish("notes", "Written", "n1", { text: "fail twice" }, { id: "a", ack: "full" }),
+        fastRetries,
+      ),
+    )
+    expect(reply).toMatchObject({ ok: true, applied: ["notebook"] })
+    expect([...attempts.values()]).toEqual([3])
+    expect(await Effect.runPromise(s.models.scan("nte_note"))).toMatchObject([{ id: "n1", text: "fail twice" }])
+  })
+
+  it("halts the partition when retries run out, keeps the event, and says why in the status", async () => {
+    const s = await stores()
+    const status = await Effect.runPromise(
+      withEngine(
+        s,
+        decl(failing("halt", 99, new Map())),
+        (engine) =>
+          Effect.gen(function* () {
+            yield* engine.publish("notes", "Written", "n1", { text: "fine" }, { id: "a" })
+            yield* engine.publish("notes", "Written", "n2", { text: "fail always" }, { id: "b" })
+            yield* engine.publish("notes", "Written", "n3", { text: "after" }, { id: "c" })
+            yield* waitUntil(() => Effect.map(engine.status(), (st) => st.streams[0]?.state === "halted"))
+            return yield* engine.status()
+          }),
+        fastRetries,
+      ),
+    )
+    expect(status.streams[0]).toMatchObject({ state: "halted", next: 1, lag: 2 })
+    expect(status.streams[0]?.error).toContain('cannot take "fail always"')
+    expect((await Effect.runPromise(s.depot.read("notes", 0, 0, 10))).map((e) => e.key)).toEqual(["n1", "n2", "n3"])
+    expect((await Effect.runPromise(s.models.scan("nte_note"))).map((r) => r.id)).toEqual(["n1"])
+  })
+
+  it("parks an event whose handler keeps failing and goes on with the next", async () => {
+    const s = await stores()
+    const status = await Effect.runPromise(
+      withEngine(
+        s,
+        decl(failing("park", 99, new Map())),
+        (engine) =>
+          Effect.gen(function* () {
+            yield* engine.publish("notes", "Written", "n1", { text: "fail always" }, { id: "a" })
+            yield* engine.publish("notes", "Written", "n2", { text: "after" }, { id: "b", ack: "full" })
+            return yield* engine.status()
+          }),
+        fastRetries,
+      ),
+    )
+    expect(status.streams[0]).toMatchObject({ state: "running", next: 2 })
+    expect(status.streams[0]?.parked).toMatchObject([{ id: "notes:0:0", offset: 0 }])
+    expect((await Effect.runPromise(s.models.scan("nte_note"))).map((r) => r.id)).toEqual(["n2"])
+  })
+
+  it("restarts a stream that died on a store failure, from its checkpoint, and catches up", async () => {
+    const s = await stores()
+    let failures = 1
+    const flaky: ReadModelStoreShape = {
+      ...s.models,
+      commit: (cp, next, writes) =>
+        failures-- > 0
+          ? Effect.fail(new StoreError({ code: "STORE_FAILED", message: "disk full", retryable: false }))
+          : s.models.commit(cp, next, writes),
+    }
+    const status = await Effect.runPromise(
+      withEngine(
+        { depot: s.depot, models: flaky },
+        decl(failing("halt", 0, new Map())),
+        (engine) =>
+          Effect.gen(function* () {
+            yield* engine.publish("notes", "Written", "n1", { text: "one" }, { id: "a" })
+            yield* engine.publish("notes", "Written", "n2", { text: "two" }, { id: "b", ack: "full" })
+            return yield* engine.status()
+          }),
+        fastRetries,
+      ),
+    )
+    expect(status.streams[0]).toMatchObject({ state: "running", next: 2, restarts: 1 })
+    expect((await Effect.runPromise(s.models.scan("nte_note"))).map((r) => r.id)).toEqual(["n1", "n2"])
+  })
+})
