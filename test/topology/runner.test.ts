@@ -54,7 +54,7 @@ const failing = (onFailure: "halt" | "park", failTimes: number, attempts: Map<st
 const fastRetries = { ...defaultOptions, topology: { batchMax: 100, retries: 3, retryBaseMs: 1 } }
 const stores = async () => ({ depot: MemoryDepot.make(), models: await Effect.runPromise(MemoryModels.make) })
 const decl = (t: Topology.Topology): Declarations => ({ depots: [notes], topologies: [t], templates: [template] })
-const waitUntil = (check: () => Effect.Effect<boolean>) =>
+const waitUntil = <E>(check: () => Effect.Effect<boolean, E>) =>
   Effect.gen(function* () {
     for (let i = 0; i < 400; i++) {
       if (yield* check()) return
