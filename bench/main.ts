@@ -1,8 +1,9 @@
 /**
  * `npm run bench [-- section...]`: measures BEDS beside raw baselines taken in
  * the same run on the same services (only ratios from one run compare).
- * Sections: foundation, embedded. Env BENCH_N sets the event count.
+ * Sections: foundation, amqp, embedded. Env BENCH_N sets the event count.
  */
+import { printAmqp, runAmqp } from "./amqp.ts"
 import { printEmbedded, runEmbedded } from "./embedded.ts"
 import { printFoundation, runFoundation } from "./foundation.ts"
 
@@ -11,6 +12,7 @@ const want = (s: string) => sections.length === 0 || sections.includes(s)
 const n = Number(process.env.BENCH_N ?? 100_000)
 
 if (want("foundation")) printFoundation(await runFoundation(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000)))
+if (want("amqp")) printAmqp(await runAmqp(Math.min(n, 50_000), Number(process.env.BENCH_AMQP_IN_FLIGHT ?? 256)))
 if (want("embedded"))
   printEmbedded(
     await runEmbedded(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000), Number(process.env.BENCH_REBUILD ?? 1_000_000)),

@@ -134,12 +134,17 @@ export const make = (
         }
         list.push(wake)
         wakers.set(key, list)
-        // Re-check after registering: an append may have landed in between.
-        Effect.runFork(
-          Effect.flatMap(store.head(depot, partition), (head) => Effect.sync(() => head > next && wake())).pipe(
-            Effect.ignore,
-          ),
-        )
+        // Re-check after registering: an append may have landed in between. The
+        // tail answers without a query once the writer has committed anything.
+        const tail = tails.get(key)
+        if (tail !== undefined) {
+          if (tail.first + tail.events.length > next) wake()
+        } else
+          Effect.runFork(
+            Effect.flatMap(store.head(depot, partition), (head) => Effect.sync(() => head > next && wake())).pipe(
+              Effect.ignore,
+            ),
+          )
         // A slow safety poll covers appends made by another process.
         const timer = setTimeout(wake, 1000)
         return Effect.sync(() => clearTimeout(timer))
