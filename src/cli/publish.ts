@@ -57,7 +57,7 @@ export const publishCommand = () =>
             const c = loaded.config
             const client: Layer.Layer<BedsClient, unknown> =
               c.engine.transport === "amqp"
-                ? AmqpClient.layer(c.amqp.url)
+                ? AmqpClient.layer(c.amqp.url, { prefix: c.amqp.prefix })
                 : EmbeddedClient.layer().pipe(Layer.provide(boot(loaded, root, () => undefined)))
             const options: PublishOptions = {
               ack: opts.ack as PublishOptions["ack"],

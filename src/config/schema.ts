@@ -35,6 +35,8 @@ export const AmqpConfig = Schema.Struct({
   queue_type: Schema.Literals(["classic", "quorum"]),
   /** 0 disables heartbeats. */
   heartbeat_s: NonNegative,
+  /** Names on the broker: `<prefix>.cmd.<depot>`, `<prefix>.dlx`, `<prefix>.dead`. The wire contract's is "beds"; another isolates installations sharing a vhost. */
+  prefix: Schema.String.check(Schema.isPattern(/^[A-Za-z0-9_.-]{1,100}$/)),
 })
 
 export const MongoConfig = Schema.Struct({
@@ -75,6 +77,12 @@ export const Config = Schema.Struct({
     retries: NonNegative,
     /** First retry delay; later ones back off exponentially. */
     retry_base_ms: Positive,
+    /**
+     * When a topology's declared version differs from the one its read models
+     * were built with: "auto" rebuilds them blue/green at start, "flag" refuses
+     * to start until `beds replay <name>` or `beds start --rebuild`. Absent: "auto".
+     */
+    rebuild_on_version_change: Schema.optionalKey(Schema.Literals(["auto", "flag"])),
   }),
   /** Node roles by name: the depots and topologies each serves ("*" = all). */
   roles: Schema.Record(

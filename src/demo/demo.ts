@@ -66,7 +66,7 @@ const openSession = async (loaded: LoadedConfig, root: string, quiet: boolean): 
         scope,
       ),
     )
-    const amqpClient = await AmqpClient.connect(c.amqp.url, { connectionName: "beds demo" })
+    const amqpClient = await AmqpClient.connect(c.amqp.url, { connectionName: "beds demo", prefix: c.amqp.prefix })
     await Effect.runPromise(
       Scope.addFinalizer(
         scope,
@@ -283,7 +283,7 @@ export const runDemo = async (o: DemoOptions): Promise<boolean> => {
     const deadline = Date.now() + 5000
     while (acked.size < crashCommands.length / 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
   } else {
-    const client = AmqpClient.fromClient(await AmqpClient.connect(c.amqp.url, { connectionName: "beds demo crash" }))
+    const client = AmqpClient.fromClient(await AmqpClient.connect(c.amqp.url, { connectionName: "beds demo crash", prefix: c.amqp.prefix }))
     let stop = false
     const worker = async () => {
       while (!stop && sent < crashCommands.length) {

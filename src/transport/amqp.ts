@@ -52,6 +52,7 @@ export const settingsFromConfig = (c: Config["amqp"]): AmqpIngressSettings => ({
   prefetch: c.prefetch,
   queueType: c.queue_type,
   heartbeatS: c.heartbeat_s,
+  prefix: c.prefix,
 })
 
 export interface AmqpIngressStatus {

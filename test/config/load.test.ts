@@ -47,6 +47,7 @@ url = "amqp://guest:guest@127.0.0.1:5672"
 prefetch = 1000
 queue_type = "classic"
 heartbeat_s = 30
+prefix = "beds"
 `
 
 const made: string[] = []
