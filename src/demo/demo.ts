@@ -283,7 +283,9 @@ export const runDemo = async (o: DemoOptions): Promise<boolean> => {
     const deadline = Date.now() + 5000
     while (acked.size < crashCommands.length / 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5))
   } else {
-    const client = AmqpClient.fromClient(await AmqpClient.connect(c.amqp.url, { connectionName: "beds demo crash", prefix: c.amqp.prefix }))
+    const client = AmqpClient.fromClient(
+      await AmqpClient.connect(c.amqp.url, { connectionName: "beds demo crash", prefix: c.amqp.prefix }),
+    )
     let stop = false
     const worker = async () => {
       while (!stop && sent < crashCommands.length) {
@@ -341,7 +343,7 @@ export const runDemo = async (o: DemoOptions): Promise<boolean> => {
   const verify = await verifyFold(session)
   check(
     verify.equal,
-    `the read model equals the fold of the depot (${fmt(verify.rows)} rows, ${fmt(verify.events)} events)`,
+    `every read model equals the fold of its depot (${fmt(verify.rows)} rows, ${fmt(verify.events)} events)${verify.differences.length ? `: ${verify.differences.join("; ")}` : ""}`,
   )
 
   out(`\n7. Final read model acc_balance (top 10 by balance)`)
@@ -360,19 +362,20 @@ export const runDemo = async (o: DemoOptions): Promise<boolean> => {
   if (!o.keep) fs.rmSync(dataDir, { recursive: true, force: true })
 
   out(
-    `\nSummary: ${fmt(total)} events in the depot, ${fmt(verify.rows)} accounts, ${failures.length === 0 ? "all checks passed" : `${failures.length} check(s) FAILED`} in ${fmt((performance.now() - started) / 1000, 1)} s${o.keep ? ` (data kept in ${dataDir})` : ""}`,
+    `\nSummary: ${fmt(total)} events in the depot, ${fmt(verify.rows)} read-model rows, ${failures.length === 0 ? "all checks passed" : `${failures.length} check(s) FAILED`} in ${fmt((performance.now() - started) / 1000, 1)} s${o.keep ? ` (data kept in ${dataDir})` : ""}`,
   )
   return failures.length === 0
 }
 
-const canonical = (row: Readonly<Record<string, unknown>> | undefined) =>
-  row === undefined
-    ? ""
-    : JSON.stringify(
-        Object.keys(row)
-          .sort()
-          .map((k) => [k, row[k] ?? null]),
-      )
+/** A row as text with object keys sorted at every depth, so key order never makes two equal rows differ. */
+const canonical = (row: unknown): string =>
+  JSON.stringify(row, (_k, v: unknown) =>
+    v !== null && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(
+          Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        )
+      : v,
+  ) ?? ""
 
 /** Recomputes every read model from the depot apart and compares it with the stored one. */
 const verifyFold = async (session: Session) => {
@@ -385,6 +388,7 @@ const verifyFold = async (session: Session) => {
       let rows = 0
       let events = 0
       let top: ReadonlyArray<Record<string, unknown>> = []
+      const differences: Array<string> = []
       for (const t of decl.topologies) {
         const all = []
         for (const d of t.sources)
@@ -405,16 +409,24 @@ const verifyFold = async (session: Session) => {
           const stored = yield* models.scan(name)
           rows += stored.length
           const expected = state.get(name) ?? new Map()
-          if (stored.length !== expected.size) equal = false
+          if (stored.length !== expected.size) {
+            equal = false
+            differences.push(`${name}: ${stored.length} rows stored, ${expected.size} in the fold`)
+          }
           for (const r of stored) {
-            const want = expected.get(keyId(tpl.key.map((k) => r[k] as string)))
-            if (canonical(want) !== canonical(r)) equal = false
+            const id = keyId(tpl.key.map((k) => r[k] as string))
+            const want = expected.get(id)
+            if (canonical(want) !== canonical(r)) {
+              equal = false
+              if (differences.length < 3)
+                differences.push(`${name} ${id}: stored ${canonical(r)}, fold ${canonical(want)}`)
+            }
           }
           if (name === "acc_balance")
             top = [...stored].sort((a, b) => Number(b.balance) - Number(a.balance)).slice(0, 10)
         }
       }
-      return { equal, rows, events, top }
+      return { equal, rows, events, top, differences }
     }).pipe(
       Effect.provide(
         Layer.mergeAll(Layer.succeed(DepotStore, session.depot), Layer.succeed(ReadModelStore, session.models)),
