@@ -84,6 +84,12 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
           stats.appends += batch.length
           const fresh: Array<Event> = []
           for (const o of outcomes) if (o._tag === "Appended" && !o.duplicate) fresh.push(o.event)
+          // Listeners rely on offset order; outcomes come in request order, which is the same for every correct store.
+          for (let i = 1; i < fresh.length; i++)
+            if ((fresh[i] as Event).offset < (fresh[i - 1] as Event).offset) {
+              fresh.sort((a, b) => a.offset - b.offset)
+              break
+            }
           if (fresh.length > 0) {
             const head = (fresh[fresh.length - 1] as Event).offset + 1
             for (const l of listeners) l(depot, partition, fresh, head)

@@ -41,11 +41,11 @@ export const defaultOptions: EngineOptions = {
 
 /** Options of the in-process `publish`. */
 export interface PublishOptions {
-  readonly ack?: AckLevel
+  readonly ack?: AckLevel | undefined
   /** The message_id; required for safe retries. */
   readonly id: string
-  readonly expect?: number
-  readonly parent?: string
+  readonly expect?: number | undefined
+  readonly parent?: string | undefined
 }
 
 export interface EngineShape {
