@@ -46,6 +46,13 @@ export interface Options {
 
 const TABLE = "beds_event"
 
+/**
+ * Above this many bytes the driver may send a bulk insert as several
+ * statements (it splits at the server's max packet size), so the batch gets
+ * a transaction; below it the insert is one atomic statement.
+ */
+const SINGLE_STATEMENT_BYTES = 4 * 1024 * 1024
+
 const DDL = `CREATE TABLE IF NOT EXISTS ${TABLE} (
   depot VARCHAR(63) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
   part SMALLINT UNSIGNED NOT NULL,
@@ -208,6 +215,10 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       partition: number,
       requests: ReadonlyArray<AppendRequest>,
       retries: number,
+      // Duplicates are rare: the first try inserts without asking which
+      // message_ids exist and lets the unique key say so; only a collision
+      // pays for the lookup, on the retry.
+      lookup: boolean,
     ): Effect.Effect<Written["outcomes"], StoreError> => {
       const slot = `${depot}:${partition}`
       const before = cache.get(slot)
@@ -225,39 +236,54 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
         if (v === undefined) missing.push(r.key)
         known.set(r.key, v ?? 0)
       }
+      // No transaction around the reads: this partition has one writer, so its
+      // heads and versions cannot move underneath; a message_id another
+      // partition appends meanwhile is caught by the unique key. The insert
+      // itself is one bulk statement, atomic in autocommit: one round trip
+      // and one log sync per group commit. Only a batch too large for one
+      // statement gets a transaction around its statements.
       return db
-        .transaction(`Appending to ${depot}/${partition}`, async (conn: mariadb.PoolConnection): Promise<Written> => {
-          // Pipelined: the driver sends all three before the first answer arrives.
-          const [dupRows, versionRows, headRows] = await Promise.all([
-            conn.query(BY_MESSAGE_IDS, [depot, messageIds]) as Promise<Array<Row>>,
-            missing.length > 0
-              ? (conn.query(VERSIONS, [depot, JSON.stringify(missing)]) as Promise<Array<Row>>)
-              : undefined,
-            head === undefined ? (conn.query(HEAD, [depot, partition]) as Promise<Array<Row>>) : undefined,
-          ])
-          const originals = new Map<string, Event>()
-          for (const r of dupRows) originals.set(r[11] as string, toEvent(r))
-          if (versionRows !== undefined)
-            for (const r of versionRows) known.set(r[0] as string, (r[1] as number | null) ?? 0)
-          const start = head ?? ((headRows?.[0]?.[0] as number | null) ?? -1) + 1
-          const plan = planAppend(
-            depot,
-            partition,
-            start,
-            requests,
-            (messageId) => originals.get(messageId),
-            (key) => known.get(key) ?? 0,
-          )
-          if (plan.events.length > 0) {
-            const rows = plan.events.map(toRow)
-            try {
-              await conn.batch(INSERT, rows)
-            } catch (e) {
-              throw duplicateKey(e) ?? e
+        .withConnection(
+          `Appending to ${depot}/${partition}`,
+          async (conn: mariadb.PoolConnection): Promise<Written> => {
+            // Pipelined: the driver sends all three before the first answer arrives.
+            const [dupRows, versionRows, headRows] = await Promise.all([
+              lookup ? (conn.query(BY_MESSAGE_IDS, [depot, messageIds]) as Promise<Array<Row>>) : [],
+              missing.length > 0
+                ? (conn.query(VERSIONS, [depot, JSON.stringify(missing)]) as Promise<Array<Row>>)
+                : undefined,
+              head === undefined ? (conn.query(HEAD, [depot, partition]) as Promise<Array<Row>>) : undefined,
+            ])
+            const originals = new Map<string, Event>()
+            for (const r of dupRows) originals.set(r[11] as string, toEvent(r))
+            if (versionRows !== undefined)
+              for (const r of versionRows) known.set(r[0] as string, (r[1] as number | null) ?? 0)
+            const start = head ?? ((headRows?.[0]?.[0] as number | null) ?? -1) + 1
+            const plan = planAppend(
+              depot,
+              partition,
+              start,
+              requests,
+              (messageId) => originals.get(messageId),
+              (key) => known.get(key) ?? 0,
+            )
+            if (plan.events.length > 0) {
+              const rows = plan.events.map(toRow)
+              let bytes = 0
+              for (const r of rows) bytes += (r[7] as string).length + (r[12] as string).length + 400
+              const split = bytes > SINGLE_STATEMENT_BYTES
+              try {
+                if (split) await conn.beginTransaction()
+                await conn.batch(INSERT, rows)
+                if (split) await conn.commit()
+              } catch (e) {
+                if (split) await conn.rollback().catch(() => undefined)
+                throw duplicateKey(e) ?? e
+              }
             }
-          }
-          return { outcomes: plan.outcomes, head: start, appended: plan.events.length, versions: plan.versions }
-        })
+            return { outcomes: plan.outcomes, head: start, appended: plan.events.length, versions: plan.versions }
+          },
+        )
         .pipe(
           Effect.map((w) => {
             remember(slot, before, w)
@@ -268,7 +294,8 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
             if (dup?.index === "message") {
               // Another partition committed one of these message_ids after this batch looked:
               // a second look finds it and answers with the original.
-              if (retries > 0) return attempt(depot, partition, requests, retries - 1)
+              if (!lookup) return attempt(depot, partition, requests, retries, true)
+              if (retries > 0) return attempt(depot, partition, requests, retries - 1, true)
               return Effect.fail(
                 new StoreError({
                   code: "STORE_FAILED",
@@ -278,6 +305,8 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
                 }),
               )
             }
+            // A derived event's ID is its message_id: a re-run batch hits the ID first.
+            if (dup?.index === "id" && !lookup) return attempt(depot, partition, requests, retries, true)
             if (dup?.index === "id")
               return Effect.fail(
                 new StoreError({
@@ -320,7 +349,16 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
     }
 
     const append: DepotStoreShape["append"] = (depot, partition, requests) =>
-      requests.length === 0 ? Effect.succeed([]) : attempt(depot, partition, requests, 1)
+      requests.length === 0
+        ? Effect.succeed([])
+        : attempt(
+            depot,
+            partition,
+            requests,
+            1,
+            // A repeat whose expect fails is never inserted, so the key would not catch it.
+            requests.some((r) => r.expect !== undefined),
+          )
 
     const read: DepotStoreShape["read"] = (depot, partition, from, limit) =>
       limit <= 0
@@ -357,8 +395,21 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       )
     }
 
-    return DepotStore.of({ open, append, read, head, version, byMessageId, byId, descendants })
+    // One range of ix_event_key (depot, key, version): a key's history without touching other keys.
+    const byKey: DepotStoreShape["byKey"] = (depot, key, from, limit) =>
+      limit <= 0
+        ? Effect.succeed([])
+        : db.run(`Reading the history of ${depot}/${key}`, async (pool) =>
+            ((await pool.query(BY_KEY, [depot, key, Math.max(1, from), limit])) as Array<Row>).map(toEvent),
+          )
+
+    return DepotStore.of({ open, append, read, head, version, byMessageId, byId, descendants, byKey })
   })
+
+const BY_KEY = {
+  sql: `${SELECT} FORCE INDEX (ix_event_key) WHERE depot = ? AND \`key\` = ? AND version >= ? ORDER BY version LIMIT ?`,
+  rowsAsArray: true,
+}
 
 /** The MariaDB depot store as a Layer over the shared pool. */
 export const layer: Layer.Layer<DepotStore, never, MariaDb> = Layer.effect(DepotStore, make())

@@ -205,7 +205,29 @@ export const make = (): DepotStoreShape => {
     byMessageId,
     byId: getById,
     descendants,
+    byKey: (depot, key, from, limit) => Effect.sync(() => keyHistory(depots.get(depot)?.partitions, key, from, limit)),
   }
+}
+
+/** A key's events from version `from`: a scan of the one partition that knows the key, fine for tooling. */
+const keyHistory = (
+  partitions: ReadonlyMap<number, PartitionLog> | undefined,
+  key: string,
+  from: number,
+  limit: number,
+): Array<Event> => {
+  const out: Array<Event> = []
+  if (partitions === undefined || limit <= 0) return out
+  for (const p of partitions.values()) {
+    if (!p.versions.has(key)) continue
+    for (const e of p.events)
+      if (e.key === key && e.version >= from) {
+        out.push(e)
+        if (out.length >= limit) break
+      }
+    break
+  }
+  return out
 }
 
 /** A fresh in-memory store per build of the Layer. */

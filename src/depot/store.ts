@@ -37,7 +37,11 @@ export interface DepotStoreShape {
   ) => Effect.Effect<ReadonlyArray<Event>, StoreError>
   /** The next offset the partition will assign (its event count). */
   readonly head: (depot: string, partition: number) => Effect.Effect<number, StoreError>
-  /** A key's version: how many events it has (0 for none). */
+  /**
+   * A key's version: how many events it has (0 for none). A key always lives
+   * in one partition of its depot (`partitionOf`), so an adapter may index
+   * versions by (depot, key) alone.
+   */
   readonly version: (depot: string, partition: number, key: string) => Effect.Effect<number, StoreError>
   /** The event appended for a message_id, if any. */
   readonly byMessageId: (depot: string, messageId: string) => Effect.Effect<Event | undefined, StoreError>
@@ -45,6 +49,17 @@ export interface DepotStoreShape {
   readonly byId: (id: LineageId) => Effect.Effect<Event | undefined, StoreError>
   /** All descendants of an event, in lineage-ID order (one index range scan). */
   readonly descendants: (id: LineageId, limit: number) => Effect.Effect<ReadonlyArray<Event>, StoreError>
+  /**
+   * One key's events with version >= `from` (versions start at 1), in version
+   * order, at most `limit`: a key's history, for provenance. A key lives in
+   * one partition, so this is that partition's events of the key.
+   */
+  readonly byKey: (
+    depot: string,
+    key: string,
+    from: number,
+    limit: number,
+  ) => Effect.Effect<ReadonlyArray<Event>, StoreError>
 }
 
 /** The depot store the engine appends to and reads from. */

@@ -25,6 +25,11 @@ export interface MariaDbShape {
     what: string,
     f: (conn: mariadb.PoolConnection) => Promise<A>,
   ) => Effect.Effect<A, StoreError>
+  /** Runs `f` on one connection in autocommit mode; `what` names the operation in errors. */
+  readonly withConnection: <A>(
+    what: string,
+    f: (conn: mariadb.PoolConnection) => Promise<A>,
+  ) => Effect.Effect<A, StoreError>
   /** Runs `f` with the pool; `what` names the operation in errors. */
   readonly run: <A>(what: string, f: (pool: mariadb.Pool) => Promise<A>) => Effect.Effect<A, StoreError>
 }
@@ -135,7 +140,19 @@ export const make = (settings: MariaDbSettings) =>
         },
         catch: (cause) => classify(what, settings, cause),
       })
-    return MariaDb.of({ pool, settings, run, transaction })
+    const withConnection: MariaDbShape["withConnection"] = (what, f) =>
+      Effect.tryPromise({
+        try: async () => {
+          const conn = await pool.getConnection()
+          try {
+            return await f(conn)
+          } finally {
+            await conn.release().catch(() => undefined)
+          }
+        },
+        catch: (cause) => classify(what, settings, cause),
+      })
+    return MariaDb.of({ pool, settings, run, transaction, withConnection })
   })
 
 /** The pool as a Layer, closed when the Layer's scope ends. */

@@ -686,5 +686,38 @@ export const depotStoreConformance = <E>(
         }),
       120_000,
     )
+
+    it.effect("byKey reads one key's history from a version, in version order", () =>
+      Effect.gen(function* () {
+        const d = freshName("hist")
+        const store = yield* storeWith(d)
+        yield* store.append(d, 2, [req("h1", "a"), req("h2", "b"), req("h3", "a")])
+        yield* store.append(d, 2, [req("h4", "a"), req("h1", "a")])
+        const all = yield* readAll(store, d, 2)
+        const ofA = all.filter((e) => e.key === "a")
+        expect((yield* store.byKey(d, "a", 1, 100)).map((e) => e.version)).toEqual([1, 2, 3])
+        expect(yield* store.byKey(d, "a", 1, 100)).toEqual(ofA)
+        expect(yield* store.byKey(d, "a", 2, 1)).toEqual([ofA[1]])
+        expect(yield* store.byKey(d, "a", 3, 100)).toEqual([ofA[2]])
+        expect(yield* store.byKey(d, "a", 4, 100)).toEqual([])
+        expect(yield* store.byKey(d, "a", 1, 0)).toEqual([])
+        expect((yield* store.byKey(d, "b", 1, 100)).map((e) => e.messageId)).toEqual(["h2"])
+        expect(yield* store.byKey(d, "nobody", 1, 100)).toEqual([])
+        expect(yield* store.byKey(freshName("none"), "a", 1, 100)).toEqual([])
+      }),
+    )
+
+    it.effect("a derived event appended again (a re-run batch) is answered with the original, not a failure", () =>
+      Effect.gen(function* () {
+        const d = freshName("rerun")
+        const store = yield* storeWith(d)
+        const root = fresh((yield* store.append(d, 1, [req("r", "k")]))[0])
+        const id = `${root.id}/topo.0`
+        const child = req(id, "k", { childId: id, parent: root.id })
+        const first = fresh((yield* store.append(d, 1, [child]))[0])
+        expect(duplicateOf((yield* store.append(d, 1, [child]))[0])).toEqual(first)
+        expect(yield* store.head(d, 1)).toBe(2)
+      }),
+    )
   })
 }
