@@ -194,7 +194,9 @@ export const depotStoreConformance = <E>(
   const freshName = (label = "d"): string => `${label}_${tag}_${seq++}`
 
   /** A new store instance, released with the test's scope. */
-  const instance = Effect.map(Layer.build(makeLayer()), (ctx) => Context.get(ctx, DepotStore))
+  // Suspended: the adapter's layer is made when a test runs, not when tests are collected
+  // (a file store's folder only exists by then).
+  const instance = Effect.suspend(() => Effect.map(Layer.build(makeLayer()), (ctx) => Context.get(ctx, DepotStore)))
 
   const declare = (name: string) => Depot.make({ name, partitions: 4, key: "test key", events: {} })
 
