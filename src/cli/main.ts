@@ -4,11 +4,14 @@
  * command was refused, 2 bad usage or configuration, 3 a service is missing.
  */
 import { Command } from "commander"
+import { auditCommand } from "./audit.ts"
 import { demoCommand } from "./demo.ts"
+import { lineageCommand } from "./lineage.ts"
 import { publishCommand } from "./publish.ts"
 import { startCommand } from "./start.ts"
 import { statusCommand } from "./status.ts"
 import { templatesCommand } from "./templates.ts"
+import { whyCommand } from "./why.ts"
 
 const program = new Command()
   .name("beds")
@@ -21,5 +24,8 @@ program.addCommand(demoCommand())
 program.addCommand(publishCommand())
 program.addCommand(statusCommand())
 program.addCommand(templatesCommand())
+program.addCommand(lineageCommand())
+program.addCommand(whyCommand())
+program.addCommand(auditCommand())
 
 await program.parseAsync(process.argv)
