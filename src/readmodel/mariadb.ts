@@ -10,7 +10,7 @@
 import { Effect, Layer } from "effect"
 import type * as mariadb from "mariadb"
 import { StoreError } from "../errors.ts"
-import { MariaDb } from "../mariadb/client.ts"
+import { MariaDb, type MariaDbShape } from "../mariadb/client.ts"
 import {
   type ActualTable,
   CHECKPOINT_TABLE,
@@ -31,7 +31,16 @@ import {
   type RowKey,
   type Template,
 } from "../template/template.ts"
-import { ReadModelStore, type ReadModelStoreShape, type RowWrite } from "./store.ts"
+import {
+  type CheckpointId,
+  type ReadModelReplayShape,
+  ReadModelStore,
+  type ReadModelStoreShape,
+  type ReplayLockHolder,
+  type RowDifference,
+  type RowWrite,
+} from "./store.ts"
+import { OLD, replayLockName, SHADOW, variantCheckpointTopology, variantTable } from "./variant.ts"
 
 const failed = (message: string, cause?: unknown): StoreError =>
   new StoreError({ code: "STORE_FAILED", message, retryable: false, cause })
@@ -61,8 +70,8 @@ interface Compiled {
   readonly uniqueSecondary: boolean
 }
 
-const compile = (t: Template): Compiled => {
-  const table = quoteId(t.name)
+const compile = (t: Template, tableName: string = t.name): Compiled => {
+  const table = quoteId(tableName)
   const columns = [
     ...t.fields.map((f) => ({ name: f.name, field: f as Field | null })),
     { name: LAST_EVENT_COLUMN, field: null },
@@ -171,10 +180,32 @@ interface TableWrites {
   readonly upserts: Array<{ readonly key: RowKey; readonly row: Row }>
 }
 
+/**
+ * Where a store instance keeps its rows and checkpoints: the live models
+ * under their template names, or a variant (replay shadow, snapshot) under
+ * `<name>__<variant>` with checkpoints of its own.
+ */
+interface Naming {
+  readonly table: (template: string) => string
+  readonly topology: (topology: string) => string
+  /** Live stores take part in fencing (see the port); variants are guarded by the replay lock instead. */
+  readonly live: boolean
+}
+
+const LIVE: Naming = { table: (t) => t, topology: (t) => t, live: true }
+
 /** Builds the MariaDB store on the shared pool. */
 export const make: Effect.Effect<ReadModelStoreShape, never, MariaDb> = Effect.gen(function* () {
   const db = yield* MariaDb
+  const live = build(db, LIVE)
+  return ReadModelStore.of({ ...live.store, replay: replayOps(db, live.compiled) })
+})
+
+const build = (db: MariaDbShape, naming: Naming) => {
   const compiled = new Map<string, Compiled>()
+  /** Per live checkpoint: the topology generation its stream saw when it read the checkpoint. */
+  const seen = new Map<string, number>()
+  const seenKey = (c: CheckpointId) => JSON.stringify([c.topology, c.depot, c.partition])
 
   const unknown = (name: string): StoreError =>
     failed(
@@ -202,18 +233,21 @@ export const make: Effect.Effect<ReadModelStoreShape, never, MariaDb> = Effect.g
       if (clash !== undefined) return yield* failed(clash.message, clash)
 
       yield* db.run(`Creating ${CHECKPOINT_TABLE}`, (pool) => pool.query(checkpointTableSql))
+      // Before any stream can commit: commits of live streams read it to check the fence.
+      yield* db.run(`Creating ${TOPOLOGY_TABLE}`, (pool) => pool.query(topologyTableSql))
       const plans: Array<{ readonly template: Template; readonly statements: ReadonlyArray<string> }> = []
       const drift: Array<string> = []
       for (const t of templates) {
-        const actual = yield* describeTable(t.name).pipe(Effect.provideService(MariaDb, db))
+        const physical = { ...t, name: naming.table(t.name) }
+        const actual = yield* describeTable(physical.name).pipe(Effect.provideService(MariaDb, db))
         if (actual === undefined) {
-          plans.push({ template: t, statements: [createTableSql(t)] })
+          plans.push({ template: t, statements: [createTableSql(physical)] })
           continue
         }
-        const plan = planMigration(t, actual)
+        const plan = planMigration(physical, actual)
         if (plan.unsafe.length > 0)
           drift.push(
-            `Table ${db.settings.database}.${t.name} does not match template ${t.name} (${t.tla}, ${t.file}):\n${plan.unsafe.map((u) => `  - ${u}`).join("\n")}`,
+            `Table ${db.settings.database}.${physical.name} does not match template ${t.name} (${t.tla}, ${t.file}):\n${plan.unsafe.map((u) => `  - ${u}`).join("\n")}`,
           )
         plans.push({ template: t, statements: plan.safe })
       }
@@ -229,7 +263,7 @@ export const make: Effect.Effect<ReadModelStoreShape, never, MariaDb> = Effect.g
           yield* db.run(`Applying to table ${template.name}: ${sql}`, (pool) => pool.query(sql))
           if (!sql.startsWith("CREATE TABLE")) yield* Effect.logInfo(`read model ${template.name}: applied ${sql}`)
         }
-      for (const t of templates) compiled.set(t.name, compile(t))
+      for (const t of templates) compiled.set(t.name, compile(t, naming.table(t.name)))
     })
 
   const load: ReadModelStoreShape["load"] = (name, keys) =>
@@ -343,31 +377,59 @@ export const make: Effect.Effect<ReadModelStoreShape, never, MariaDb> = Effect.g
   const commit: ReadModelStoreShape["commit"] = (checkpoint, next, writes) =>
     Effect.gen(function* () {
       const groups = yield* prepare(writes)
-      yield* db.transaction(
-        `Committing ${writes.length} row write(s) with checkpoint ${checkpoint.topology}/${checkpoint.depot}/${checkpoint.partition} = ${next}`,
-        async (conn) => {
-          for (const g of groups) await writeTable(conn, g)
-          // Same transaction as the rows: this is what makes projection exactly-once.
-          await conn.query(
-            `INSERT INTO ${quoteId(CHECKPOINT_TABLE)} (\`topology\`, \`depot\`, \`part\`, \`next\`) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`next\` = VALUES(\`next\`)`,
-            [checkpoint.topology, checkpoint.depot, checkpoint.partition, next],
-          )
-        },
-      )
+      const saw = naming.live ? seen.get(seenKey(checkpoint)) : undefined
+      yield* db
+        .transaction(
+          `Committing ${writes.length} row write(s) with checkpoint ${checkpoint.topology}/${checkpoint.depot}/${checkpoint.partition} = ${next}`,
+          async (conn) => {
+            // First, under a shared lock that a fence must wait for: a fence raised after this
+            // stream read its checkpoint means the rows it folded may come from replaced tables.
+            if (saw !== undefined && (await lockedGeneration(conn, checkpoint.topology)) !== saw)
+              throw new StoreError({
+                code: "FENCED",
+                message: `Commit refused: topology ${checkpoint.topology} was fenced for a swap of its read models after this stream read its checkpoint (${checkpoint.depot}/${checkpoint.partition}); re-read the checkpoint and fold again. Nothing was written.`,
+                retryable: false,
+              })
+            for (const g of groups) await writeTable(conn, g)
+            // Same transaction as the rows: this is what makes projection exactly-once.
+            await conn.query(
+              `INSERT INTO ${quoteId(CHECKPOINT_TABLE)} (\`topology\`, \`depot\`, \`part\`, \`next\`) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`next\` = VALUES(\`next\`)`,
+              [naming.topology(checkpoint.topology), checkpoint.depot, checkpoint.partition, next],
+            )
+          },
+        )
+        .pipe(Effect.mapError((e) => (e.cause instanceof StoreError ? e.cause : e)))
     })
 
-  const checkpoint: ReadModelStoreShape["checkpoint"] = (c) =>
+  const readCheckpoint = (c: CheckpointId) =>
     Effect.map(
       db.run(
         `Reading checkpoint ${c.topology}/${c.depot}/${c.partition}`,
         (pool) =>
           pool.query(
             `SELECT \`next\` FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ? AND \`depot\` = ? AND \`part\` = ?`,
-            [c.topology, c.depot, c.partition],
+            [naming.topology(c.topology), c.depot, c.partition],
           ) as Promise<Array<{ next: number }>>,
       ),
       (rows) => Number(rows[0]?.next ?? 0),
     )
+
+  // The generation is read before the checkpoint: a fence in between makes the first commit fail, never pass.
+  const checkpoint: ReadModelStoreShape["checkpoint"] = (c) =>
+    naming.live
+      ? Effect.gen(function* () {
+          const state = yield* fenceState(db, c.topology)
+          if (state.fenced && state.held)
+            return yield* new StoreError({
+              code: "FENCED",
+              message: `Topology ${c.topology} is paused while a replay swaps in its rebuilt read models; its streams resume when the swap is done.`,
+              retryable: true,
+            })
+          const next = yield* readCheckpoint(c)
+          seen.set(seenKey(c), state.generation)
+          return next
+        })
+      : readCheckpoint(c)
 
   const scan: ReadModelStoreShape["scan"] = (name) =>
     Effect.gen(function* () {
@@ -382,13 +444,395 @@ export const make: Effect.Effect<ReadModelStoreShape, never, MariaDb> = Effect.g
       // DELETE, not TRUNCATE: TRUNCATE commits on its own, and rows gone with the checkpoint still
       // standing (or the reverse) would make the rebuild skip or double-apply events.
       yield* db.transaction(`Resetting ${names.join(", ")} for topology ${topology}`, async (conn) => {
-        for (const c of cs) await conn.query(`DELETE FROM ${quoteId(c.template.name)}`)
-        await conn.query(`DELETE FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ?`, [topology])
+        for (const c of cs) await conn.query(`DELETE FROM ${quoteId(naming.table(c.template.name))}`)
+        await conn.query(`DELETE FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ?`, [naming.topology(topology)])
       })
     })
 
-  return ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset })
-})
+  return { store: ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset }), compiled, readCheckpoint }
+}
 
 /** The MariaDB store as a Layer over the shared pool. */
 export const layer: Layer.Layer<ReadModelStore, never, MariaDb> = Layer.effect(ReadModelStore, make)
+
+// ---------------------------------------------------------------------------
+// Replay: system tables, fencing, variants and the swap.
+//
+// The fence is a generation per topology in beds_topology. A live commit
+// reads it first, under a shared row lock held until COMMIT; `fence` bumps it
+// with an exclusive lock, so it waits for commits in flight, and every commit
+// after it sees the new generation and is refused. The swap itself is one
+// RENAME TABLE of all the topology's tables (atomic and crash-safe on MariaDB
+// 10.6+); the live checkpoints stay where they are, because the replay builds
+// the shadow to exactly them while the fence is up.
+
+/** Per topology: the version its live models were built with, and the fence. */
+export const TOPOLOGY_TABLE = "beds_topology"
+/** Per (topology, variant): the fingerprint a variant was built for. */
+export const VARIANT_TABLE = "beds_variant"
+/** Per topology: who holds the replay lock (the lock itself is a MariaDB named lock). */
+export const REPLAY_LOCK_TABLE = "beds_replay_lock"
+
+const OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin"
+
+export const topologyTableSql = `CREATE TABLE IF NOT EXISTS ${quoteId(TOPOLOGY_TABLE)} (
+  \`topology\` VARCHAR(63) NOT NULL,
+  \`version\` INT NULL,
+  \`generation\` BIGINT NOT NULL DEFAULT 0,
+  \`fenced\` TINYINT(1) NOT NULL DEFAULT 0,
+  PRIMARY KEY (\`topology\`)
+) ${OPTIONS}`
+
+const variantTableSql = `CREATE TABLE IF NOT EXISTS ${quoteId(VARIANT_TABLE)} (
+  \`topology\` VARCHAR(63) NOT NULL,
+  \`variant\` VARCHAR(40) NOT NULL,
+  \`fingerprint\` VARCHAR(64) NOT NULL,
+  \`created\` BIGINT NOT NULL,
+  PRIMARY KEY (\`topology\`, \`variant\`)
+) ${OPTIONS}`
+
+const lockTableSql = `CREATE TABLE IF NOT EXISTS ${quoteId(REPLAY_LOCK_TABLE)} (
+  \`topology\` VARCHAR(63) NOT NULL,
+  \`host\` VARCHAR(255) NOT NULL,
+  \`pid\` INT NOT NULL,
+  \`since\` BIGINT NOT NULL,
+  \`conn\` BIGINT NOT NULL,
+  PRIMARY KEY (\`topology\`)
+) ${OPTIONS}`
+
+const NO_SUCH_TABLE = 1146
+const isNoSuchTable = (e: unknown): boolean => (e as { errno?: number })?.errno === NO_SUCH_TABLE
+
+/** The topology's generation under a shared lock (0 when it was never fenced). */
+const lockedGeneration = async (conn: mariadb.PoolConnection, topology: string): Promise<number> => {
+  const rows: Array<{ generation: number }> = await conn.query(
+    `SELECT \`generation\` FROM ${quoteId(TOPOLOGY_TABLE)} WHERE \`topology\` = ? LOCK IN SHARE MODE`,
+    [topology],
+  )
+  return Number(rows[0]?.generation ?? 0)
+}
+
+/** Generation, fence, and whether the fence's replay lock is held by a live connection. */
+const fenceState = (db: MariaDbShape, topology: string) =>
+  db.run(`Reading the fence of topology ${topology}`, async (pool) => {
+    try {
+      const rows: Array<{ generation: number; fenced: number; holder: number | null }> = await pool.query(
+        `SELECT \`generation\`, \`fenced\`, IS_USED_LOCK(?) AS holder FROM ${quoteId(TOPOLOGY_TABLE)} WHERE \`topology\` = ?`,
+        [replayLockName(topology), topology],
+      )
+      const r = rows[0]
+      return {
+        generation: Number(r?.generation ?? 0),
+        fenced: Number(r?.fenced ?? 0) !== 0,
+        held: r?.holder !== null && r?.holder !== undefined,
+      }
+    } catch (e) {
+      // A database from before replays: nothing was ever fenced.
+      if (isNoSuchTable(e)) return { generation: 0, fenced: false, held: false }
+      throw e
+    }
+  })
+
+const replayOps = (db: MariaDbShape, liveCompiled: ReadonlyMap<string, Compiled>): ReadModelReplayShape => {
+  let systemReady = false
+  const system = Effect.suspend(() =>
+    systemReady
+      ? Effect.void
+      : db
+          .run("Creating the replay system tables", async (pool) => {
+            for (const sql of [checkpointTableSql, topologyTableSql, variantTableSql, lockTableSql])
+              await pool.query(sql)
+          })
+          .pipe(Effect.tap(() => Effect.sync(() => (systemReady = true)))),
+  )
+  const tableExists = (conn: mariadb.Pool | mariadb.Connection, names: ReadonlyArray<string>) =>
+    names.length === 0
+      ? Promise.resolve(new Set<string>())
+      : (
+          conn.query(
+            "SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (?)",
+            [names],
+          ) as Promise<Array<{ name: string }>>
+        ).then((rows) => new Set(rows.map((r) => String(r.name))))
+  const dropSql = (tables: ReadonlyArray<string>) => `DROP TABLE IF EXISTS ${tables.map(quoteId).join(", ")}`
+
+  const record: ReadModelReplayShape["record"] = (topology) =>
+    Effect.andThen(
+      system,
+      db.run(`Reading the record of topology ${topology}`, async (pool) => {
+        const rows: Array<{ version: number | null; generation: number; fenced: number }> = await pool.query(
+          `SELECT \`version\`, \`generation\`, \`fenced\` FROM ${quoteId(TOPOLOGY_TABLE)} WHERE \`topology\` = ?`,
+          [topology],
+        )
+        const r = rows[0]
+        return r === undefined
+          ? undefined
+          : {
+              version: r.version === null ? undefined : Number(r.version),
+              generation: Number(r.generation),
+              fenced: Number(r.fenced) !== 0,
+            }
+      }),
+    )
+
+  const setVersion: ReadModelReplayShape["setVersion"] = (topology, version) =>
+    Effect.andThen(
+      system,
+      db.run(`Recording version ${version} of topology ${topology}`, (pool) =>
+        pool.query(
+          `INSERT INTO ${quoteId(TOPOLOGY_TABLE)} (\`topology\`, \`version\`) VALUES (?, ?) ON DUPLICATE KEY UPDATE \`version\` = VALUES(\`version\`)`,
+          [topology, version],
+        ),
+      ),
+    )
+
+  /**
+   * A named lock on a connection of its own: it is released when the scope
+   * closes, and by the server when the process dies, so a killed replay never
+   * leaves its topology locked. The row only says who holds it.
+   */
+  const lock: ReadModelReplayShape["lock"] = (topology, holder) =>
+    Effect.andThen(
+      system,
+      Effect.acquireRelease(
+        db.run(`Taking the replay lock of topology ${topology}`, async () => {
+          const { host, port, user, password, database, connect_timeout_ms } = db.settings
+          const { createConnection } = await import("mariadb")
+          const conn = await createConnection({
+            host,
+            port,
+            user,
+            password,
+            database,
+            connectTimeout: connect_timeout_ms,
+          })
+          try {
+            const got: Array<{ ok: number | null }> = await conn.query("SELECT GET_LOCK(?, 0) AS ok", [
+              replayLockName(topology),
+            ])
+            if (Number(got[0]?.ok ?? 0) === 1) {
+              await conn.query(
+                `REPLACE INTO ${quoteId(REPLAY_LOCK_TABLE)} (\`topology\`, \`host\`, \`pid\`, \`since\`, \`conn\`) VALUES (?, ?, ?, ?, CONNECTION_ID())`,
+                [topology, holder.host, holder.pid, holder.since],
+              )
+              // Keeps the connection (and with it the lock) from timing out during a long replay.
+              const ping = setInterval(() => void conn.ping().catch(() => undefined), 60_000)
+              return { acquired: true as const, conn, ping }
+            }
+            const rows: Array<{ host: string; pid: number; since: number }> = await conn.query(
+              `SELECT \`host\`, \`pid\`, \`since\` FROM ${quoteId(REPLAY_LOCK_TABLE)} WHERE \`topology\` = ?`,
+              [topology],
+            )
+            await conn.end()
+            const r = rows[0]
+            const current: ReplayLockHolder | undefined =
+              r === undefined ? undefined : { host: String(r.host), pid: Number(r.pid), since: Number(r.since) }
+            return { acquired: false as const, holder: current }
+          } catch (e) {
+            await conn.end().catch(() => undefined)
+            throw e
+          }
+        }),
+        (r) =>
+          r.acquired
+            ? Effect.promise(async () => {
+                clearInterval(r.ping)
+                await r.conn
+                  .query(
+                    `DELETE FROM ${quoteId(REPLAY_LOCK_TABLE)} WHERE \`topology\` = ? AND \`conn\` = CONNECTION_ID()`,
+                    [topology],
+                  )
+                  .catch(() => undefined)
+                await r.conn.query("SELECT RELEASE_LOCK(?)", [replayLockName(topology)]).catch(() => undefined)
+                await r.conn.end().catch(() => undefined)
+              })
+            : Effect.void,
+      ),
+    ).pipe(Effect.map((r) => (r.acquired ? { acquired: true as const } : r)))
+
+  const variant: ReadModelReplayShape["variant"] = (topology, templates, name, fingerprint) =>
+    Effect.gen(function* () {
+      yield* system
+      const tables = templates.map((t) => variantTable(t.name, name))
+      const cpTopology = variantCheckpointTopology(topology, name)
+      const state = yield* db.run(`Opening the ${name} copy of topology ${topology}`, async (pool) => {
+        const rows: Array<{ fingerprint: string }> = await pool.query(
+          `SELECT \`fingerprint\` FROM ${quoteId(VARIANT_TABLE)} WHERE \`topology\` = ? AND \`variant\` = ?`,
+          [topology, name],
+        )
+        const present = await tableExists(pool, tables)
+        const stored = rows[0]?.fingerprint
+        if (stored === fingerprint && tables.every((t) => present.has(t))) return { resumed: true, dropped: false }
+        const dropped = stored !== undefined || present.size > 0
+        // The record goes last: a copy killed half-made has none and is made again.
+        await pool.query(`DELETE FROM ${quoteId(VARIANT_TABLE)} WHERE \`topology\` = ? AND \`variant\` = ?`, [
+          topology,
+          name,
+        ])
+        await pool.query(dropSql(tables))
+        await pool.query(`DELETE FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ?`, [cpTopology])
+        for (const t of templates) await pool.query(createTableSql({ ...t, name: variantTable(t.name, name) }))
+        await pool.query(
+          `INSERT INTO ${quoteId(VARIANT_TABLE)} (\`topology\`, \`variant\`, \`fingerprint\`, \`created\`) VALUES (?, ?, ?, ?)`,
+          [topology, name, fingerprint, Date.now()],
+        )
+        return { resumed: false, dropped }
+      })
+      const copy = build(db, {
+        table: (t) => variantTable(t, name),
+        topology: (t) => variantCheckpointTopology(t, name),
+        live: false,
+      })
+      yield* copy.store.ensure(templates)
+      return { store: copy.store, ...state }
+    })
+
+  const dropVariant: ReadModelReplayShape["dropVariant"] = (topology, names, name) =>
+    Effect.andThen(
+      system,
+      db.run(`Dropping the ${name} copy of topology ${topology}`, async (pool) => {
+        await pool.query(`DELETE FROM ${quoteId(VARIANT_TABLE)} WHERE \`topology\` = ? AND \`variant\` = ?`, [
+          topology,
+          name,
+        ])
+        if (names.length > 0) await pool.query(dropSql(names.map((n) => variantTable(n, name))))
+        await pool.query(`DELETE FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ?`, [
+          variantCheckpointTopology(topology, name),
+        ])
+      }),
+    )
+
+  const peekCheckpoint: ReadModelReplayShape["peekCheckpoint"] = (c) =>
+    Effect.map(
+      db.run(
+        `Reading checkpoint ${c.topology}/${c.depot}/${c.partition}`,
+        (pool) =>
+          pool.query(
+            `SELECT \`next\` FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ? AND \`depot\` = ? AND \`part\` = ?`,
+            [c.topology, c.depot, c.partition],
+          ) as Promise<Array<{ next: number }>>,
+      ),
+      (rows) => Number(rows[0]?.next ?? 0),
+    )
+
+  const fence: ReadModelReplayShape["fence"] = (topology) =>
+    Effect.andThen(
+      system,
+      db.run(`Fencing topology ${topology}`, (pool) =>
+        pool.query(
+          `INSERT INTO ${quoteId(TOPOLOGY_TABLE)} (\`topology\`, \`generation\`, \`fenced\`) VALUES (?, 1, 1) ON DUPLICATE KEY UPDATE \`generation\` = \`generation\` + 1, \`fenced\` = 1`,
+          [topology],
+        ),
+      ),
+    )
+
+  const unfence: ReadModelReplayShape["unfence"] = (topology) =>
+    Effect.andThen(
+      system,
+      db.run(`Unfencing topology ${topology}`, (pool) =>
+        pool.query(`UPDATE ${quoteId(TOPOLOGY_TABLE)} SET \`fenced\` = 0 WHERE \`topology\` = ?`, [topology]),
+      ),
+    )
+
+  const swap: ReadModelReplayShape["swap"] = (topology, names, version) =>
+    Effect.andThen(
+      system,
+      db.run(`Swapping the rebuilt read models of topology ${topology} in`, async (pool) => {
+        const conn = await pool.getConnection()
+        try {
+          const shadows = names.map((n) => variantTable(n, SHADOW))
+          const olds = names.map((n) => variantTable(n, OLD))
+          const present = await tableExists(conn, [...names, ...shadows])
+          const missing = shadows.filter((t) => !present.has(t))
+          if (missing.length > 0)
+            throw new StoreError({
+              code: "STORE_FAILED",
+              message: `Swap refused: table(s) ${missing.join(", ")} do not exist; run the replay again. Nothing was changed.`,
+              retryable: false,
+            })
+          // The fence is only as good as the lock behind it: a lost lock lets live streams move on.
+          const held: Array<{ holder: number | null; conn: number | null }> = await conn.query(
+            `SELECT IS_USED_LOCK(?) AS holder, (SELECT \`conn\` FROM ${quoteId(REPLAY_LOCK_TABLE)} WHERE \`topology\` = ?) AS conn`,
+            [replayLockName(topology), topology],
+          )
+          const h = held[0]
+          if (h?.holder === null || h?.holder === undefined || Number(h.holder) !== Number(h.conn))
+            throw new StoreError({
+              code: "STORE_FAILED",
+              message: `Swap refused: the replay lock of topology ${topology} was lost (its connection closed), so live streams may have moved on. Nothing was changed; run the replay again.`,
+              retryable: false,
+            })
+          // A reader holding a table in a long transaction must not stall the swap (and every query queued behind it) for a day.
+          await conn.query("SET SESSION lock_wait_timeout = 60")
+          if (names.length > 0) await conn.query(dropSql(olds))
+          // One statement for every table: readers see all the old tables or all the new ones.
+          if (names.length > 0)
+            await conn.query(
+              `RENAME TABLE ${names.map((n, i) => `${present.has(n) ? `${quoteId(n)} TO ${quoteId(olds[i] as string)}, ` : ""}${quoteId(shadows[i] as string)} TO ${quoteId(n)}`).join(", ")}`,
+            )
+          await conn.beginTransaction()
+          await conn.query(`DELETE FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ?`, [
+            variantCheckpointTopology(topology, SHADOW),
+          ])
+          await conn.query(`DELETE FROM ${quoteId(VARIANT_TABLE)} WHERE \`topology\` = ? AND \`variant\` = ?`, [
+            topology,
+            SHADOW,
+          ])
+          await conn.query(
+            `INSERT INTO ${quoteId(TOPOLOGY_TABLE)} (\`topology\`, \`version\`, \`fenced\`) VALUES (?, ?, 0) ON DUPLICATE KEY UPDATE \`version\` = VALUES(\`version\`), \`fenced\` = 0`,
+            [topology, version],
+          )
+          await conn.commit()
+          if (names.length > 0) await conn.query(dropSql(olds))
+        } catch (e) {
+          await conn.rollback().catch(() => undefined)
+          throw e
+        } finally {
+          await conn.query("SET SESSION lock_wait_timeout = DEFAULT").catch(() => undefined)
+          await conn.release().catch(() => undefined)
+        }
+      }),
+    ).pipe(Effect.mapError((e) => (e.cause instanceof StoreError ? e.cause : e)))
+
+  const diff: ReadModelReplayShape["diff"] = (name, variantName, limit) =>
+    Effect.gen(function* () {
+      const c = liveCompiled.get(name)
+      if (c === undefined)
+        return yield* failed(`Cannot compare ${name}: this store has not ensured it; ensure() the template first.`)
+      const live = quoteId(name)
+      const copy = quoteId(variantTable(name, variantName))
+      const keys = c.template.key.map(quoteId)
+      const on = keys.map((k) => `l.${k} = s.${k}`).join(" AND ")
+      const same = c.columns.map((col) => `l.${quoteId(col.name)} <=> s.${quoteId(col.name)}`).join(" AND ")
+      const differing = `SELECT ${keys.map((k) => `l.${k}`).join(", ")} FROM ${live} l LEFT JOIN ${copy} s ON ${on} WHERE s.${keys[0]} IS NULL OR NOT (${same})
+        UNION ALL SELECT ${keys.map((k) => `s.${k}`).join(", ")} FROM ${copy} s LEFT JOIN ${live} l ON ${on} WHERE l.${keys[0]} IS NULL`
+      const columnList = c.columns.map((col) => quoteId(col.name)).join(", ")
+      return yield* db.run(`Comparing ${name} with its ${variantName} copy`, async (pool) => {
+        const counted: Array<{ n: number }> = await pool.query(`SELECT COUNT(*) AS n FROM (${differing}) d`)
+        const count = Number(counted[0]?.n ?? 0)
+        if (count === 0) return { count, first: [] }
+        const firstKeys: Array<Record<string, string | number>> = await pool.query(
+          `SELECT * FROM (${differing}) d ORDER BY ${keys.join(", ")} LIMIT ?`,
+          [limit],
+        )
+        const wanted = firstKeys.map((r) => c.template.key.map((k) => r[k] as string | number))
+        const fetch = async (table: string) => {
+          const rows: Array<Record<string, unknown>> = await pool.query(
+            `SELECT ${columnList} FROM ${table} WHERE ${c.keyWhere(wanted.length)}`,
+            c.keyParams(wanted),
+          )
+          return new Map(rows.map((r) => [keyId(c.template.key.map((k) => r[k] as string | number)), toRow(c, r)]))
+        }
+        const liveRows = await fetch(live)
+        const copyRows = await fetch(copy)
+        const first: Array<RowDifference> = wanted.map((key) => ({
+          key,
+          live: liveRows.get(keyId(key)) ?? null,
+          copy: copyRows.get(keyId(key)) ?? null,
+        }))
+        return { count, first }
+      })
+    })
+
+  return { record, setVersion, lock, variant, dropVariant, peekCheckpoint, fence, unfence, swap, diff }
+}

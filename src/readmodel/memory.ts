@@ -15,8 +15,28 @@
 import { Effect, Layer } from "effect"
 import { StoreError } from "../errors.ts"
 import { checkTemplate, checkTemplates } from "../template/load.ts"
-import { checkKey, checkRow, keyId, keyOf, type Row, type RowKey, type Template } from "../template/template.ts"
-import { type CheckpointId, ReadModelStore, type ReadModelStoreShape, type RowWrite } from "./store.ts"
+import {
+  checkKey,
+  checkRow,
+  keyId,
+  keyOf,
+  LAST_EVENT_COLUMN,
+  type Row,
+  type RowKey,
+  type Template,
+} from "../template/template.ts"
+import { checkDocumentSize, toDocument, valueAt } from "./mongo-ops.ts"
+import {
+  type CheckpointId,
+  type ReadModelReplayShape,
+  ReadModelStore,
+  type ReadModelStoreShape,
+  type ReplayLockHolder,
+  type RowDifference,
+  type RowWrite,
+  type TopologyRecord,
+} from "./store.ts"
+import { SHADOW } from "./variant.ts"
 
 interface Table {
   template: Template
@@ -79,9 +99,12 @@ export const compareKeys = (a: RowKey, b: RowKey): number => {
   return 0
 }
 
-/** The value of a unique index in a row, or undefined when a field is null (NULLs never collide). */
+/**
+ * The value of a unique index in a row, or undefined when a field is null
+ * (NULLs never collide). REC indexes may name paths into objects ("a.b").
+ */
 const uniqueValue = (fields: ReadonlyArray<string>, row: Row): string | undefined => {
-  const values = fields.map((f) => row[f])
+  const values = fields.map((f) => valueAt(row, f))
   return values.some((v) => v === null || v === undefined) ? undefined : JSON.stringify(values)
 }
 
@@ -92,6 +115,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
   const tables = new Map<string, Table>()
   const checkpoints = new Map<string, number>()
   const cpId = (c: CheckpointId): string => JSON.stringify([c.topology, c.depot, c.partition])
+  const fencing: Fencing = { records: new Map(), seen: new Map(), locks: new Map() }
 
   const table = (name: string): Effect.Effect<Table, StoreError> => {
     const t = tables.get(name)
@@ -216,6 +240,11 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
         return failed(
           `Commit refused: ${w.template} write for key ${describeKey(k.value)} carries a row whose key is ${describeKey(rowKey)}. Nothing was written.`,
         )
+      // A REC row must fit a MongoDB document here too, so tests on memory catch what production would refuse.
+      if (t.template.backend === "rec") {
+        const size = checkDocumentSize(t.template, k.value, toDocument(t.template, k.value, r.value))
+        if (!size.ok) return failed(`Commit refused: ${size.problem}. Nothing was written.`)
+      }
       ;(t.rows.has(id) ? updates : inserts).push({ table: t, id, row: r.value, key: k.value })
     }
     return [...deletes, ...updates, ...inserts]
@@ -268,6 +297,8 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
 
   const commit: ReadModelStoreShape["commit"] = (checkpoint, next, writes) =>
     Effect.suspend(() => {
+      const fenced = fencedCommit(fencing, checkpoint, cpId(checkpoint))
+      if (fenced !== undefined) return Effect.fail(fenced)
       const steps = prepare(writes)
       if (steps instanceof StoreError) return Effect.fail(steps)
       const conflict = checkUnique(steps)
@@ -277,7 +308,11 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
       return Effect.void
     })
 
-  const checkpoint: ReadModelStoreShape["checkpoint"] = (c) => Effect.sync(() => checkpoints.get(cpId(c)) ?? 0)
+  const checkpoint: ReadModelStoreShape["checkpoint"] = (c) =>
+    Effect.suspend(() => {
+      const waiting = fencedCheckpoint(fencing, c, cpId(c))
+      return waiting === undefined ? Effect.succeed(checkpoints.get(cpId(c)) ?? 0) : Effect.fail(waiting)
+    })
 
   const scan: ReadModelStoreShape["scan"] = (name) =>
     Effect.map(table(name), (t) =>
@@ -299,8 +334,159 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
       }),
     )
 
-  return ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset })
+  const replay = replayOps(tables, checkpoints, cpId, fencing)
+  const store = ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, replay })
+  internals.set(store, { tables, checkpoints })
+  checks.set(store, (writes) => {
+    const steps = prepare(writes)
+    return steps instanceof StoreError ? steps : checkUnique(steps)
+  })
+  return store
 })
+
+const checks = new WeakMap<object, (writes: ReadonlyArray<RowWrite>) => StoreError | undefined>()
+
+/**
+ * Checks a batch as `commit` would, unique indexes included, without writing
+ * it; undefined when `commit` would accept it. The router checks the REC half
+ * of a batch this way before the REL half commits.
+ */
+export const check = (store: ReadModelStoreShape, writes: ReadonlyArray<RowWrite>): StoreError | undefined => {
+  const f = checks.get(store)
+  if (f === undefined) throw new Error("check() needs a store built by memory.make")
+  return f(writes)
+}
 
 /** The in-memory store as a Layer; each build starts empty. */
 export const layer: Layer.Layer<ReadModelStore> = Layer.effect(ReadModelStore, make)
+
+// ---------------------------------------------------------------------------
+// Replay: variants, fencing and swaps. Everything here runs synchronously
+// inside one Effect step, so a swap is atomic for every reader of this
+// process: a load or scan sees the old Table objects or the new ones.
+
+/** The state of a store instance, for swapping a variant's tables into the live store. */
+const internals = new WeakMap<object, { tables: Map<string, Table>; checkpoints: Map<string, number> }>()
+
+interface Fencing {
+  readonly records: Map<string, TopologyRecord>
+  /** Per live checkpoint: the generation its stream saw when it read the checkpoint. */
+  readonly seen: Map<string, number>
+  readonly locks: Map<string, ReplayLockHolder>
+}
+
+const fencedCommit = (f: Fencing, c: CheckpointId, id: string): StoreError | undefined => {
+  const saw = f.seen.get(id)
+  if (saw === undefined || saw === (f.records.get(c.topology)?.generation ?? 0)) return undefined
+  return new StoreError({
+    code: "FENCED",
+    message: `Commit refused: topology ${c.topology} was fenced for a swap of its read models after this stream read its checkpoint (${c.depot}/${c.partition}); re-read the checkpoint and fold again. Nothing was written.`,
+    retryable: false,
+  })
+}
+
+const fencedCheckpoint = (f: Fencing, c: CheckpointId, id: string): StoreError | undefined => {
+  const record = f.records.get(c.topology)
+  // A fence whose lock is gone was left by a replay that died; the models are consistent either way.
+  if (record?.fenced === true && f.locks.has(c.topology))
+    return new StoreError({
+      code: "FENCED",
+      message: `Topology ${c.topology} is paused while a replay swaps in its rebuilt read models; its streams resume when the swap is done.`,
+      retryable: true,
+    })
+  f.seen.set(id, record?.generation ?? 0)
+  return undefined
+}
+
+/** Field values in template order, the provenance column last: equal rows give equal strings. */
+const canonical = (template: Template, row: Row): string =>
+  JSON.stringify([...template.fields.map((f) => row[f.name] ?? null), row[LAST_EVENT_COLUMN] ?? null])
+
+const replayOps = (
+  tables: Map<string, Table>,
+  checkpoints: Map<string, number>,
+  cpId: (c: CheckpointId) => string,
+  fencing: Fencing,
+): ReadModelReplayShape => {
+  const variants = new Map<string, { readonly store: ReadModelStoreShape; readonly fingerprint: string }>()
+  const variantKey = (topology: string, variant: string) => `${topology}/${variant}`
+  const tablesOf = (store: ReadModelStoreShape) => internals.get(store)?.tables ?? new Map<string, Table>()
+  const record = (topology: string): TopologyRecord =>
+    fencing.records.get(topology) ?? { version: undefined, generation: 0, fenced: false }
+
+  return {
+    record: (topology) => Effect.sync(() => fencing.records.get(topology)),
+    setVersion: (topology, version) =>
+      Effect.sync(() => void fencing.records.set(topology, { ...record(topology), version })),
+    lock: (topology, holder) =>
+      Effect.acquireRelease(
+        Effect.sync(() => {
+          const current = fencing.locks.get(topology)
+          if (current !== undefined) return { acquired: false as const, holder: current }
+          fencing.locks.set(topology, holder)
+          return { acquired: true as const }
+        }),
+        (r) => (r.acquired ? Effect.sync(() => void fencing.locks.delete(topology)) : Effect.void),
+      ),
+    variant: (topology, templates, variant, fingerprint) =>
+      Effect.gen(function* () {
+        const key = variantKey(topology, variant)
+        const existing = variants.get(key)
+        if (existing !== undefined && existing.fingerprint === fingerprint) {
+          const have = tablesOf(existing.store)
+          if (templates.every((t) => have.has(t.name))) return { store: existing.store, resumed: true, dropped: false }
+        }
+        // A variant is a store instance of its own: its tables and checkpoints never meet the live ones.
+        const store = yield* make
+        yield* store.ensure(templates)
+        variants.set(key, { store, fingerprint })
+        return { store, resumed: false, dropped: existing !== undefined }
+      }),
+    dropVariant: (topology, _templates, variant) =>
+      Effect.sync(() => void variants.delete(variantKey(topology, variant))),
+    peekCheckpoint: (c) => Effect.sync(() => checkpoints.get(cpId(c)) ?? 0),
+    fence: (topology) =>
+      Effect.sync(() => {
+        const r = record(topology)
+        fencing.records.set(topology, { ...r, generation: r.generation + 1, fenced: true })
+      }),
+    unfence: (topology) =>
+      Effect.sync(() => void fencing.records.set(topology, { ...record(topology), fenced: false })),
+    swap: (topology, names, version) =>
+      Effect.suspend(() => {
+        const shadow = variants.get(variantKey(topology, SHADOW))
+        const fresh = shadow === undefined ? undefined : tablesOf(shadow.store)
+        const missing = names.filter((n) => fresh?.get(n) === undefined || !tables.has(n))
+        if (fresh === undefined || missing.length > 0)
+          return Effect.fail(
+            failed(
+              `Swap refused: topology ${topology} has no complete shadow (${missing.join(", ") || "none built"}); run the replay again. Nothing was changed.`,
+            ),
+          )
+        for (const n of names) tables.set(n, fresh.get(n) as Table)
+        variants.delete(variantKey(topology, SHADOW))
+        fencing.records.set(topology, { ...record(topology), version, fenced: false })
+        return Effect.void
+      }),
+    diff: (name, variant, limit) =>
+      Effect.suspend(() => {
+        const live = tables.get(name)
+        const other = [...variants.entries()]
+          .filter(([k]) => k.endsWith(`/${variant}`))
+          .map(([, v]) => tablesOf(v.store).get(name))
+          .find((t) => t !== undefined)
+        if (live === undefined || other === undefined)
+          return Effect.fail(failed(`Cannot compare ${name} with its ${variant} copy: one of them does not exist.`))
+        const differences: Array<RowDifference> = []
+        for (const [id, row] of live.rows) {
+          const copy = other.rows.get(id) ?? null
+          if (copy === null || canonical(live.template, row) !== canonical(live.template, copy))
+            differences.push({ key: keyOf(live.template, row), live: row, copy })
+        }
+        for (const [id, row] of other.rows)
+          if (!live.rows.has(id)) differences.push({ key: keyOf(live.template, row), live: null, copy: row })
+        differences.sort((a, b) => compareKeys(a.key, b.key))
+        return Effect.succeed({ count: differences.length, first: differences.slice(0, limit) })
+      }),
+  }
+}

@@ -15,6 +15,8 @@ import { DepotStore } from "../depot/store.ts"
 import * as MariaDb from "../mariadb/client.ts"
 import * as MariaDbModels from "../readmodel/mariadb.ts"
 import * as MemoryModels from "../readmodel/memory.ts"
+import * as MongoModels from "../readmodel/mongodb.ts"
+import * as Router from "../readmodel/router.ts"
 import type { ReadModelStore } from "../readmodel/store.ts"
 import type { Topology } from "../topology/topology.ts"
 import * as Declarations from "./declarations.ts"
@@ -50,8 +52,16 @@ export const forRole = (decl: Decl, config: LoadedConfig["config"]): Decl => {
   return { ...decl, depots, topologies: topologies.filter((t) => t.sources.every((s) => depots.includes(s))) }
 }
 
-/** The storage Layers the configuration asks for. */
-export const storesLayer = (loaded: LoadedConfig, root: string) => {
+/**
+ * The storage Layers the configuration asks for. With REL and REC on
+ * different backends, a router sends each template to its own (and keeps
+ * a topology that writes both exactly-once; see readmodel/router.ts).
+ */
+export const storesLayer = (
+  loaded: LoadedConfig,
+  root: string,
+  topologies?: ReadonlyArray<{ readonly name: string; readonly readModels: ReadonlyArray<string> }>,
+) => {
   const c = loaded.config
   // Layers are memoized by reference, so both adapters share one pool.
   const maria = MariaDb.layer(c.mariadb)
@@ -61,7 +71,18 @@ export const storesLayer = (loaded: LoadedConfig, root: string) => {
       : c.engine.depot === "file"
         ? FileDepot.layer(path.resolve(root, c.engine.data_dir))
         : Layer.sync(DepotStore, MemoryDepot.make)
-  const models = c.engine.rel === "mariadb" ? MariaDbModels.layer.pipe(Layer.provide(maria)) : MemoryModels.layer
+  const mongo = c.mongodb
+  const rec =
+    c.engine.rec === "mongodb" && mongo !== undefined
+      ? MongoModels.backend({ url: mongo.url, database: mongo.database })
+      : Router.memoryBackend
+  const routed = { ...(topologies === undefined ? {} : { topologies }) }
+  const models =
+    c.engine.rel === "memory" && c.engine.rec === "memory"
+      ? MemoryModels.layer
+      : c.engine.rel === "mariadb"
+        ? Router.layer({ rel: MariaDbModels.make, rec, ...routed }).pipe(Layer.provide(maria))
+        : Router.layer({ rel: MemoryModels.make, rec, ...routed })
   return Layer.mergeAll(depot, models)
 }
 
@@ -80,7 +101,7 @@ export const boot = (loaded: LoadedConfig, root: string, log: (line: string) => 
       log(
         `ipl: serving depots [${decl.depots.map((d) => `${d.name}/${d.partitions}`).join(", ")}], topologies [${decl.topologies.map((t) => `${t.name}@v${t.version}`).join(", ")}], templates [${decl.templates.map((t) => `${t.tla}:${t.name}`).join(", ")}]`,
       )
-      const stores = storesLayer(loaded, root)
+      const stores = storesLayer(loaded, root, decl.topologies)
       const engine = Layer.effect(
         Engine,
         step("storage, DDL, recovery, topologies", makeEngine(decl, engineOptions(loaded.config)), log),

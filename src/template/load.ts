@@ -23,7 +23,13 @@ import {
   KEY_TYPES,
   MAX_KEY_STRING,
   MAX_STRING,
+  SET_MEMBER_TYPES,
+  type Shape,
+  type ShapeKind,
+  ShapeKinds,
   type Template,
+  typeName,
+  type ValueType,
 } from "./template.ts"
 
 type Code = DeclarationError["code"]
@@ -71,67 +77,180 @@ const identifier = (file: string, at: string, name: string): void => {
     reject("UNSAFE_IDENTIFIER", file, at, `${JSON.stringify(name)} is not a safe name: ${IDENTIFIER_RULE}.`)
 }
 
-const checkField = (t: Template, f: Field): void => {
-  const at = `fields.${f.name}`
-  identifier(t.file, at, f.name)
-  if (!(FieldTypes as ReadonlyArray<string>).includes(f.type))
-    reject("BAD_TEMPLATE", t.file, `${at}.type`, `unknown type ${show(f.type)}; use one of ${FieldTypes.join(", ")}.`)
-  if (f.type === "string") {
-    if (f.max === undefined || !Number.isInteger(f.max) || f.max < 1 || f.max > MAX_STRING)
+/** How deep REC shapes may nest (objects in lists in maps ...), well inside MongoDB's 100 levels. */
+export const MAX_SHAPE_DEPTH = 16
+
+const SCALAR_OR_SHAPE = [...FieldTypes, ...ShapeKinds].join(", ")
+
+/** The storage type each shape has in the model (what a template without shapes would declare). */
+export const shapeStorageType = (kind: ShapeKind): FieldType => (kind === "counter" ? "int" : "json")
+
+/** Checks a value type: a field's, or a map value's, list item's or set member's. */
+const checkValueType = (t: Template, at: string, v: ValueType, depth: number): void => {
+  if (v.shape !== undefined) {
+    checkShape(t, at, v, v.shape, depth)
+    return
+  }
+  if (!(FieldTypes as ReadonlyArray<string>).includes(v.type))
+    reject(
+      "BAD_TEMPLATE",
+      t.file,
+      `${at}.type`,
+      `unknown type ${show(v.type)}; use one of ${t.backend === "rec" ? SCALAR_OR_SHAPE : FieldTypes.join(", ")}.`,
+    )
+  if (v.type === "string") {
+    if (v.max === undefined || !Number.isInteger(v.max) || v.max < 1 || v.max > MAX_STRING)
       reject(
         "BAD_TEMPLATE",
         t.file,
         `${at}.max`,
-        `a string field needs max = 1..${MAX_STRING} (its longest value in characters)${f.max === undefined ? "" : `, not ${f.max}`}; for longer values use type = "text".`,
+        `a string field needs max = 1..${MAX_STRING} (its longest value in characters)${v.max === undefined ? "" : `, not ${v.max}`}; for longer values use type = "text".`,
       )
-  } else if (f.max !== undefined)
+  } else if (v.max !== undefined)
     reject(
       "BAD_TEMPLATE",
       t.file,
       `${at}.max`,
-      `max applies to string fields only; remove it from this ${f.type} field.`,
+      `max applies to string fields only; remove it from this ${v.type} field.`,
     )
-  if (f.type === "enum") {
-    const values = f.values ?? []
+  if (v.type === "enum") {
+    const values = v.values ?? []
     if (values.length === 0)
       reject("BAD_TEMPLATE", t.file, `${at}.values`, `an enum field needs values = ["a", "b", ...], at least one.`)
-    for (const [i, v] of values.entries()) {
+    for (const [i, x] of values.entries()) {
       if (
-        typeof v !== "string" ||
-        v.length === 0 ||
-        codePoints(v) > MAX_KEY_STRING ||
-        !isWellFormed(v) ||
+        typeof x !== "string" ||
+        x.length === 0 ||
+        codePoints(x) > MAX_KEY_STRING ||
+        !isWellFormed(x) ||
         // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is refused
-        /[\u0000-\u001f\u007f]/.test(v)
+        /[\u0000-\u001f\u007f]/.test(x)
       )
         reject(
           "BAD_TEMPLATE",
           t.file,
           `${at}.values[${i}]`,
-          `${show(v)} is not a usable enum value: use a non-empty string of at most ${MAX_KEY_STRING} characters, without control characters.`,
+          `${show(x)} is not a usable enum value: use a non-empty string of at most ${MAX_KEY_STRING} characters, without control characters.`,
         )
-      if (values.indexOf(v) !== i)
-        reject("BAD_TEMPLATE", t.file, `${at}.values[${i}]`, `${show(v)} is listed twice; list each value once.`)
+      if (values.indexOf(x) !== i)
+        reject("BAD_TEMPLATE", t.file, `${at}.values[${i}]`, `${show(x)} is listed twice; list each value once.`)
     }
-  } else if (f.values !== undefined)
+  } else if (v.values !== undefined)
     reject(
       "BAD_TEMPLATE",
       t.file,
       `${at}.values`,
       `values applies to enum fields only; remove it, or make the field type = "enum".`,
     )
+}
+
+/** Checks a nested shape; only REC templates may have one. */
+const checkShape = (t: Template, at: string, v: ValueType, shape: Shape, depth: number): void => {
+  const kind = shape.kind
+  if (!(ShapeKinds as ReadonlyArray<string>).includes(kind))
+    reject("BAD_TEMPLATE", t.file, `${at}.type`, `unknown type ${show(kind)}; use one of ${SCALAR_OR_SHAPE}.`)
+  if (t.backend !== "rec")
+    reject(
+      "BAD_TEMPLATE",
+      t.file,
+      `${at}.type`,
+      `"${kind}" is a REC type: a REL template (a MariaDB table) cannot store nested shapes; use type = "json" here, or make the template backend = "rec".`,
+    )
+  if (depth > MAX_SHAPE_DEPTH)
+    reject(
+      "BAD_TEMPLATE",
+      t.file,
+      `${at}.type`,
+      `shapes nest more than ${MAX_SHAPE_DEPTH} levels deep here; flatten the shape (MongoDB documents nest at most 100 levels).`,
+    )
+  if (v.type !== shapeStorageType(kind))
+    reject(
+      "BAD_TEMPLATE",
+      t.file,
+      `${at}.type`,
+      `a ${kind} value is stored as type "${shapeStorageType(kind)}" in the model, not "${v.type}"; build it with type = "${shapeStorageType(kind)}" and shape = { kind = "${kind}" }.`,
+    )
+  if (v.max !== undefined)
+    reject("BAD_TEMPLATE", t.file, `${at}.max`, `max applies to string fields only; remove it from this ${kind} field.`)
+  if (v.values !== undefined)
+    reject(
+      "BAD_TEMPLATE",
+      t.file,
+      `${at}.values`,
+      `values applies to enum fields only; remove it from this ${kind} field (a ${kind === "map" || kind === "list" || kind === "set" ? `${kind} declares its value type with of = { type = "..." }` : "counter holds integers"}).`,
+    )
+  switch (shape.kind) {
+    case "counter":
+      return
+    case "map":
+    case "list":
+    case "set": {
+      const of = shape.of as ValueType | undefined
+      if (of === undefined || typeof of !== "object")
+        reject(
+          "BAD_TEMPLATE",
+          t.file,
+          `${at}.of`,
+          `a ${kind} field needs the type of its ${kind === "map" ? "values" : kind === "list" ? "items" : "members"}, e.g. of = { type = "string", max = 40 }.`,
+        )
+      if (kind === "set" && (of.shape !== undefined || !SET_MEMBER_TYPES.includes(of.type)))
+        reject(
+          "BAD_TEMPLATE",
+          t.file,
+          `${at}.of.type`,
+          `a set holds distinct scalars compared by value: use of = { type = ... } with one of ${SET_MEMBER_TYPES.join(", ")}, not ${typeName(of)}; for other values use type = "list".`,
+        )
+      checkValueType(t, `${at}.of`, of, depth + 1)
+      return
+    }
+    case "object": {
+      if (!Array.isArray(shape.fields) || shape.fields.length === 0)
+        reject(
+          "BAD_TEMPLATE",
+          t.file,
+          `${at}.fields`,
+          `an object field needs its fields, e.g. [${at}.fields.total] with type = "int".`,
+        )
+      const seen = new Set<string>()
+      for (const sub of shape.fields) {
+        if (seen.has(sub.name))
+          reject(
+            "BAD_TEMPLATE",
+            t.file,
+            `${at}.fields.${sub.name}`,
+            `field ${sub.name} is declared twice; give each its own name.`,
+          )
+        seen.add(sub.name)
+        checkField(t, sub, `${at}.fields.${sub.name}`, depth + 1)
+      }
+      return
+    }
+  }
+}
+
+const checkField = (t: Template, f: Field, at = `fields.${f.name}`, depth = 0): void => {
+  identifier(t.file, at, f.name)
+  checkValueType(t, at, f, depth)
+  if (f.shape?.kind === "counter" && f.nullable)
+    reject("BAD_TEMPLATE", t.file, `${at}.nullable`, `a counter is never null (it starts at 0); remove nullable.`)
   if (f.default !== undefined) {
     const at2 = `${at}.default`
     if (f.default === null) {
       if (!f.nullable) reject("BAD_TEMPLATE", t.file, at2, `the default is null but the field is not nullable.`)
     } else if (f.type === "json") {
+      let parsed: unknown
       let ok = typeof f.default === "string"
       try {
-        if (ok) JSON.parse(f.default as string)
+        if (ok) parsed = JSON.parse(f.default as string)
       } catch {
         ok = false
       }
       if (!ok) reject("BAD_TEMPLATE", t.file, at2, `the default of a json field must be JSON text.`)
+      if (f.shape !== undefined) {
+        const checked = checkValue(t, f, parsed)
+        if (!checked.ok)
+          reject("BAD_TEMPLATE", t.file, at2, `the default ${checked.problem.replace(`${t.name}.${f.name}: `, "")}.`)
+      }
     } else {
       const checked = checkValue(t, f, f.default)
       if (!checked.ok)
@@ -147,12 +266,26 @@ const checkKeyFields = (t: Template, byName: ReadonlyMap<string, Field>): void =
   for (const [i, name] of t.key.entries()) {
     const at = `key[${i}]`
     const f = byName.get(name)
+    if (f === undefined && typeof name === "string" && name.includes("."))
+      reject(
+        "BAD_TEMPLATE",
+        t.file,
+        at,
+        `${show(name)} is a path into a field; key fields are top-level fields of type ${KEY_TYPES.join(", ")}: declare [fields.${name.split(".").at(-1)}] at the top level and list it in the key.`,
+      )
     if (f === undefined)
       reject(
         "UNKNOWN_FIELD",
         t.file,
         at,
         `no field named ${show(name)}${suggest(name, [...byName.keys()])}; declare [fields.${name}] or fix the key.`,
+      )
+    if (f.shape !== undefined)
+      reject(
+        "BAD_TEMPLATE",
+        t.file,
+        at,
+        `key field ${name} is a ${f.shape.kind} field; key fields must be ${KEY_TYPES.join(", ")}.`,
       )
     if (t.key.indexOf(name) !== i)
       reject("BAD_TEMPLATE", t.file, at, `${name} appears twice in the key; list each key field once.`)
@@ -193,6 +326,10 @@ const checkIndex = (t: Template, index: Index, i: number, byName: ReadonlyMap<st
     reject("BAD_TEMPLATE", t.file, `${at}.name`, `index ${index.name} is declared twice; give each index its own name.`)
   if (index.fields.length === 0)
     reject("BAD_TEMPLATE", t.file, `${at}.fields`, `index ${index.name} has no fields; list at least one.`)
+  if (t.backend === "rec") {
+    checkRecIndex(t, index, at, byName)
+    return
+  }
   let bytes = 0
   for (const [j, name] of index.fields.entries()) {
     const f = byName.get(name)
@@ -221,6 +358,139 @@ const checkIndex = (t: Template, index: Index, i: number, byName: ReadonlyMap<st
       t.file,
       `${at}.fields`,
       `index ${index.name} takes ${index.fields.length} fields and ${bytes} bytes; MariaDB allows ${MAX_INDEX_COLUMNS} fields and ${MAX_INDEX_BYTES} bytes (4 per string character).`,
+    )
+}
+
+/** What an index path leads to in a REC template. */
+interface IndexTarget {
+  readonly spec: ValueType
+  /** The list or set fields the path goes through or ends at (MongoDB indexes each member: "multikey"). */
+  readonly arrays: ReadonlyArray<string>
+}
+
+/**
+ * Resolves an index path such as "totals.in" or "entries.amount": through
+ * object fields, and through lists of objects (each item is indexed). A map's
+ * keys are data, so a path cannot name them; a path must end at a value an
+ * index can order: a scalar, a counter, or a list or set of scalars.
+ */
+const resolveIndexPath = (
+  t: Template,
+  at: string,
+  indexName: string,
+  path: string,
+  byName: ReadonlyMap<string, Field>,
+): IndexTarget => {
+  const segments = path.split(".")
+  const arrays: Array<string> = []
+  let fields: ReadonlyMap<string, Field> = byName
+  let spec: ValueType | undefined
+  let walked = ""
+  for (const [n, segment] of segments.entries()) {
+    const f = fields.get(segment)
+    if (f === undefined)
+      reject(
+        "UNKNOWN_FIELD",
+        t.file,
+        at,
+        walked === ""
+          ? `index ${indexName} names ${show(path)}, which is not a field${suggest(segment, [...fields.keys()])}; declare it or fix the index.`
+          : `index ${indexName} names ${show(path)}, but ${walked} has no field ${show(segment)}${suggest(segment, [...fields.keys()])} (it has ${[...fields.keys()].join(", ")}).`,
+      )
+    walked = walked === "" ? segment : `${walked}.${segment}`
+    spec = f
+    // Through a list of objects: the path goes on into each item.
+    while (spec.shape?.kind === "list" && spec.shape.of.shape?.kind === "object" && n < segments.length - 1) {
+      arrays.push(walked)
+      spec = spec.shape.of
+    }
+    const last = n === segments.length - 1
+    const shape = spec.shape
+    if (shape?.kind === "map")
+      reject(
+        "BAD_TEMPLATE",
+        t.file,
+        at,
+        `index ${indexName} names ${show(path)}, but ${walked} is a map: its keys are data, not declared fields, so an index cannot name them. Index a list of objects instead, or a field outside the map.`,
+      )
+    if (last) break
+    if (shape?.kind !== "object")
+      reject(
+        "BAD_TEMPLATE",
+        t.file,
+        at,
+        `index ${indexName} names ${show(path)}, but ${walked} is a ${spec === undefined ? "value" : typeName(spec)} field, not an object, so it has no field ${show(segments[n + 1])}; fix the path.`,
+      )
+    fields = new Map(shape.fields.map((x) => [x.name, x]))
+  }
+  const target = spec as ValueType
+  const kind = target.shape?.kind
+  const shapedItems = target.shape?.kind === "list" && target.shape.of.shape !== undefined
+  if (kind === "object" || shapedItems)
+    reject(
+      "BAD_TEMPLATE",
+      t.file,
+      at,
+      `index ${indexName} names ${show(path)}, a whole ${kind === "object" ? "object" : "list of shaped values"}; index one of its scalar fields instead, e.g. ${show(`${path}.${firstScalar(target) ?? "field"}`)}.`,
+    )
+  if (kind === "list" || kind === "set") arrays.push(walked)
+  return { spec: target, arrays }
+}
+
+const firstScalar = (v: ValueType): string | undefined => {
+  const s = v.shape
+  if (s?.kind === "object") return s.fields.find((f) => f.shape === undefined)?.name ?? s.fields[0]?.name
+  if (s?.kind === "list") return firstScalar(s.of)
+  return undefined
+}
+
+/** REC indexes: paths checked as MongoDB would, and as the memory adapter can enforce. */
+const checkRecIndex = (t: Template, index: Index, at: string, byName: ReadonlyMap<string, Field>): void => {
+  const arrayPaths: Array<string> = []
+  for (const [j, path] of index.fields.entries()) {
+    const atj = `${at}.fields[${j}]`
+    if (typeof path !== "string" || path.split(".").some((s) => !isSafeIdentifier(s)))
+      reject(
+        "UNSAFE_IDENTIFIER",
+        t.file,
+        atj,
+        `${show(path)} is not a field path: use field names joined by dots, e.g. "totals.in"; ${IDENTIFIER_RULE}.`,
+      )
+    if (index.fields.indexOf(path) !== j)
+      reject("BAD_TEMPLATE", t.file, atj, `${path} appears twice in index ${index.name}.`)
+    const overlap = index.fields.find(
+      (other) => other !== path && (path.startsWith(`${other}.`) || other.startsWith(`${path}.`)),
+    )
+    if (overlap !== undefined)
+      reject(
+        "BAD_TEMPLATE",
+        t.file,
+        atj,
+        `index ${index.name} names both ${path} and ${overlap}, one inside the other; name one of them.`,
+      )
+    const target = resolveIndexPath(t, atj, index.name, path, byName)
+    if (target.arrays.length > 0) arrayPaths.push(path)
+    if (index.unique && target.arrays.length > 0)
+      reject(
+        "BAD_TEMPLATE",
+        t.file,
+        atj,
+        `unique index ${index.name} names ${path}, which goes through the list or set ${target.arrays[0]}; MongoDB would compare every member across documents. Make the index non-unique, or make it unique on scalar fields.`,
+      )
+    if (index.unique && target.spec.type === "json")
+      reject(
+        "BAD_TEMPLATE",
+        t.file,
+        atj,
+        `unique index ${index.name} names ${path}, a json field; uniqueness of JSON values depends on key order. Make it unique on scalar fields.`,
+      )
+  }
+  if (arrayPaths.length > 1)
+    reject(
+      "BAD_TEMPLATE",
+      t.file,
+      `${at}.fields`,
+      `index ${index.name} names ${arrayPaths.join(" and ")}, which are all lists or sets (or inside one); MongoDB cannot index parallel arrays. Split it into one index per list.`,
     )
 }
 
@@ -302,7 +572,9 @@ export const checkTemplates = (templates: ReadonlyArray<Template>): DeclarationE
 type Table = Record<string, unknown>
 
 const TOP_KEYS = ["tla", "name", "backend", "description", "key", "fields", "indexes"]
-const FIELD_KEYS = ["type", "max", "values", "nullable", "default", "description"]
+const FIELD_KEYS = ["type", "max", "values", "nullable", "default", "description", "of", "fields"]
+/** Keys of a map value's, list item's or set member's type (`of = { ... }`). */
+const ELEMENT_KEYS = ["type", "max", "values", "of", "fields"]
 const INDEX_KEYS = ["name", "fields", "unique"]
 
 const isTable = (v: unknown): v is Table =>
@@ -356,23 +628,71 @@ const decodeDefault = (file: string, at: string, type: unknown, v: unknown): Fie
   return reject("BAD_TEMPLATE", file, at, `${show(v)} cannot be a default of a ${String(type)} field.`)
 }
 
-const decodeField = (file: string, name: string, raw: unknown): Field => {
-  const at = `fields.${name}`
-  if (!isTable(raw))
-    reject("BAD_TEMPLATE", file, at, `expected a table [fields.${name}] with at least type = "...", got ${show(raw)}.`)
-  const t = raw as Table
-  onlyKeys(file, t, FIELD_KEYS, `${at}.`)
-  if (t.type === undefined) reject("BAD_TEMPLATE", file, `${at}.type`, `missing; use one of ${FieldTypes.join(", ")}.`)
+/** A value type from its table: a scalar, or a shape with its `of` or `fields`. */
+const decodeType = (file: string, at: string, t: Table): ValueType => {
+  if (t.type === undefined)
+    reject("BAD_TEMPLATE", file, `${at}.type`, `missing; use one of ${[...FieldTypes, ...ShapeKinds].join(", ")}.`)
   const type = str(file, `${at}.type`, t.type, `type = "string"`)
   if (t.max !== undefined && (typeof t.max !== "number" || !Number.isInteger(t.max)))
     reject("BAD_TEMPLATE", file, `${at}.max`, `expected an integer, got ${show(t.max)}.`)
+  const max = t.max as number | undefined
+  const values = t.values === undefined ? undefined : strings(file, `${at}.values`, t.values, `["open", "closed"]`)
+  const kind = (ShapeKinds as ReadonlyArray<string>).includes(type) ? (type as ShapeKind) : undefined
+  const listLike = kind === "map" || kind === "list" || kind === "set"
+  if (t.of !== undefined && !listLike)
+    reject(
+      "BAD_TEMPLATE",
+      file,
+      `${at}.of`,
+      `of applies to map, list and set fields only; remove it, or make the field type = "list".`,
+    )
+  if (t.fields !== undefined && kind !== "object")
+    reject(
+      "BAD_TEMPLATE",
+      file,
+      `${at}.fields`,
+      `fields applies to object fields only; remove it, or make the field type = "object".`,
+    )
+  if (kind === undefined) return { type: type as FieldType, max, values }
+  let shape: Shape
+  if (kind === "counter") shape = { kind }
+  else if (kind === "object") {
+    if (!isTable(t.fields))
+      reject(
+        "BAD_TEMPLATE",
+        file,
+        `${at}.fields`,
+        `an object field needs its fields as tables, e.g. [${at}.fields.total] with type = "int"${t.fields === undefined ? "" : `, got ${show(t.fields)}`}.`,
+      )
+    shape = {
+      kind,
+      fields: Object.entries(t.fields as Table).map(([name, f]) => decodeField(file, name, f, `${at}.fields.${name}`)),
+    }
+  } else {
+    if (!isTable(t.of))
+      reject(
+        "BAD_TEMPLATE",
+        file,
+        `${at}.of`,
+        `a ${kind} field needs the type of its ${kind === "map" ? "values" : kind === "list" ? "items" : "members"}, e.g. of = { type = "string", max = 40 }${t.of === undefined ? "" : `, got ${show(t.of)}`}.`,
+      )
+    onlyKeys(file, t.of as Table, ELEMENT_KEYS, `${at}.of.`)
+    shape = { kind, of: decodeType(file, `${at}.of`, t.of as Table) }
+  }
+  return { type: shapeStorageType(kind), max, values, shape }
+}
+
+const decodeField = (file: string, name: string, raw: unknown, at = `fields.${name}`): Field => {
+  if (!isTable(raw))
+    reject("BAD_TEMPLATE", file, at, `expected a table [${at}] with at least type = "...", got ${show(raw)}.`)
+  const t = raw as Table
+  onlyKeys(file, t, FIELD_KEYS, `${at}.`)
+  const v = decodeType(file, at, t)
   return {
     name,
-    type: type as FieldType,
-    max: t.max as number | undefined,
-    values: t.values === undefined ? undefined : strings(file, `${at}.values`, t.values, `["open", "closed"]`),
+    ...v,
     nullable: t.nullable === undefined ? false : bool(file, `${at}.nullable`, t.nullable),
-    default: t.default === undefined ? undefined : decodeDefault(file, `${at}.default`, type, t.default),
+    default: t.default === undefined ? undefined : decodeDefault(file, `${at}.default`, v.type, t.default),
     description: t.description === undefined ? undefined : str(file, `${at}.description`, t.description, `"..."`),
   }
 }

@@ -54,7 +54,7 @@ export interface StreamStatus {
 
 export interface TopologyRunnerShape {
   readonly status: () => ReadonlyArray<StreamStatus>
-  /** Ends when every stream has stopped (with `until`, or halted); fails if one died. */
+  /** Ends when every stream has stopped (reached `until`, or halted); a stream that died is restarted, not ended. */
   readonly finished?: Effect.Effect<void, unknown> | undefined
 }
 

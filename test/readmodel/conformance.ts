@@ -9,7 +9,14 @@ import { Effect, type Layer } from "effect"
 import type { StoreError } from "../../src/errors.ts"
 import { type CheckpointId, ReadModelStore, type RowWrite } from "../../src/readmodel/store.ts"
 import { parseTemplate } from "../../src/template/load.ts"
-import { keyId, LAST_EVENT_COLUMN, type Row, type RowKey } from "../../src/template/template.ts"
+import {
+  compareCodePoints,
+  keyId,
+  LAST_EVENT_COLUMN,
+  type Row,
+  type RowKey,
+  type Template,
+} from "../../src/template/template.ts"
 
 const template = (file: string, text: string) => Effect.runSync(parseTemplate(text, file))
 
@@ -126,8 +133,9 @@ default = { list = [], ok = true }
 `,
 )
 
-const TEMPLATES = [cfAll, cfPair, cfNum]
-const NAMES = TEMPLATES.map((t) => t.name)
+/** The three templates of the classic cases, for one backend (their fields are valid in both). */
+const classicTemplates = (backend: Template["backend"]): ReadonlyArray<Template> =>
+  [cfAll, cfPair, cfNum].map((t) => (backend === t.backend ? t : { ...t, backend }))
 const ID = "conf:0:1"
 const ID2 = "conf:1:42/balances.3"
 
@@ -159,12 +167,16 @@ const pairRow = (tenant: string, seq: number, label: string, email: string | nul
   [LAST_EVENT_COLUMN]: ID,
 })
 
-const fresh = Effect.gen(function* () {
-  const store = yield* ReadModelStore
-  yield* store.ensure(TEMPLATES)
-  yield* store.reset("conf", NAMES)
-  return store
-})
+const freshWith = (templates: ReadonlyArray<Template>) =>
+  Effect.gen(function* () {
+    const store = yield* ReadModelStore
+    yield* store.ensure(templates)
+    yield* store.reset(
+      "conf",
+      templates.map((t) => t.name),
+    )
+    return store
+  })
 
 const failure = <A, R>(effect: Effect.Effect<A, StoreError, R>) =>
   Effect.map(Effect.flip(effect), (e) => {
@@ -172,24 +184,44 @@ const failure = <A, R>(effect: Effect.Effect<A, StoreError, R>) =>
     return e
   })
 
-const snapshot = Effect.gen(function* () {
-  const store = yield* ReadModelStore
-  return {
-    rows: yield* Effect.forEach(NAMES, (n) => store.scan(n)),
-    checkpoint: yield* store.checkpoint(cp("conf")),
-  }
-})
+const snapshotOf = (names: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const store = yield* ReadModelStore
+    return {
+      rows: yield* Effect.forEach(names, (n) => store.scan(n)),
+      checkpoint: yield* store.checkpoint(cp("conf")),
+    }
+  })
 
 /**
  * Registers the suite for one adapter. `makeLayer` builds a store; the suite
  * shares one build across its tests, as an engine shares one store.
+ * `backends` says which templates the adapter holds (default: REL only): with
+ * "rec", the classic cases run again on REC versions of their templates, and
+ * the REC cases (nested shapes) run too.
  */
 export const readModelConformance = <E>(
   name: string,
   makeLayer: () => Layer.Layer<ReadModelStore, E>,
-  options: { readonly skip?: boolean } = {},
+  options: { readonly skip?: boolean; readonly backends?: ReadonlyArray<Template["backend"]> } = {},
 ): void => {
-  describe.skipIf(options.skip === true)(`read-model conformance: ${name}`, () => {
+  const backends = options.backends ?? ["rel"]
+  for (const backend of backends) classicCases(name, backend, makeLayer, options.skip === true)
+  if (backends.includes("rec")) recCases(name, makeLayer, options.skip === true)
+}
+
+const classicCases = <E>(
+  name: string,
+  backend: Template["backend"],
+  makeLayer: () => Layer.Layer<ReadModelStore, E>,
+  skip: boolean,
+): void => {
+  const TEMPLATES = classicTemplates(backend)
+  const NAMES = TEMPLATES.map((t) => t.name)
+  const cfAll = TEMPLATES[0] as Template
+  const fresh = freshWith(TEMPLATES)
+  const snapshot = snapshotOf(NAMES)
+  describe.skipIf(skip)(`read-model conformance: ${name}${backend === "rel" ? "" : " (REC templates)"}`, () => {
     layer(makeLayer(), { timeout: "60 seconds" })((it) => {
       it.effect("ensure is idempotent", () =>
         Effect.gen(function* () {
@@ -517,6 +549,299 @@ export const readModelConformance = <E>(
           expect((yield* failure(store.ensure([invalid]))).message).toContain("missing")
           const clash = { ...cfAll, name: "cf_other" }
           expect((yield* failure(store.ensure([clash]))).message).toContain("CFA")
+        }),
+      )
+    })
+  })
+}
+
+/** Nested shapes: a counter, maps, lists (of objects, of lists), a set, objects, and a unique path index. */
+export const cfRec = template(
+  "conformance/cf_rec.toml",
+  `
+tla = "CFR"
+name = "cf_rec"
+backend = "rec"
+description = "Every nested shape."
+key = ["id"]
+
+[fields.id]
+type = "string"
+max = 40
+
+[fields.hits]
+type = "counter"
+
+[fields.tags]
+type = "set"
+of = { type = "string", max = 20 }
+
+[fields.scores]
+type = "map"
+of = { type = "float" }
+
+[fields.by_kind]
+type = "map"
+of = { type = "counter" }
+
+[fields.entries]
+type = "list"
+
+[fields.entries.of]
+type = "object"
+
+[fields.entries.of.fields.seq]
+type = "int"
+
+[fields.entries.of.fields.at]
+type = "time"
+
+[fields.entries.of.fields.note]
+type = "string"
+max = 30
+nullable = true
+
+[fields.entries.of.fields.flags]
+type = "set"
+of = { type = "int" }
+
+[fields.totals]
+type = "object"
+
+[fields.totals.fields.in]
+type = "int"
+default = 0
+
+[fields.totals.fields.out]
+type = "int"
+default = 0
+
+[fields.profile]
+type = "object"
+nullable = true
+
+[fields.profile.fields.email]
+type = "string"
+max = 60
+nullable = true
+
+[fields.profile.fields.since]
+type = "time"
+
+[fields.grid]
+type = "list"
+of = { type = "list", of = { type = "int" } }
+
+[fields.extra]
+type = "json"
+nullable = true
+
+[[indexes]]
+name = "by_email"
+fields = ["profile.email"]
+unique = true
+
+[[indexes]]
+name = "by_tag"
+fields = ["tags"]
+
+[[indexes]]
+name = "by_seq"
+fields = ["entries.seq", "totals.in"]
+`,
+)
+
+/** A complete cf_rec row as it reads back: shapes start empty, the object takes its fields' defaults. */
+const recRow = (id: string, fields: Row = {}): Row => ({
+  id,
+  hits: 0,
+  tags: [],
+  scores: {},
+  by_kind: {},
+  entries: [],
+  totals: { in: 0, out: 0 },
+  profile: null,
+  grid: [],
+  extra: null,
+  [LAST_EVENT_COLUMN]: ID,
+  ...fields,
+})
+
+const nest = (levels: number): unknown => (levels === 0 ? 1 : [nest(levels - 1)])
+
+const recCases = <E>(name: string, makeLayer: () => Layer.Layer<ReadModelStore, E>, skip: boolean): void => {
+  const fresh = freshWith([cfRec])
+  const snapshot = snapshotOf([cfRec.name])
+  const rec = (id: string, fields: Row = {}) => put("cf_rec", [id], recRow(id, fields))
+  describe.skipIf(skip)(`read-model conformance: ${name} (REC shapes)`, () => {
+    layer(makeLayer(), { timeout: "60 seconds" })((it) => {
+      it.effect("shaped fields start empty; nested values read back in canonical form", () =>
+        Effect.gen(function* () {
+          const store = yield* fresh
+          yield* store.commit(cp("conf"), 1, [put("cf_rec", ["a"], { id: "a", [LAST_EVENT_COLUMN]: ID })])
+          expect((yield* store.load("cf_rec", [["a"]])).get("a")).toEqual(recRow("a"))
+          yield* store.commit(cp("conf"), 2, [
+            put("cf_rec", ["b"], {
+              id: "b",
+              hits: Number.MAX_SAFE_INTEGER,
+              tags: new Set(["zeta", "alpha", "Beta", "😀", "é", "alpha"]),
+              scores: new Map([
+                ["b", 0.1 + 0.2],
+                ["a", -0],
+                ["c", -1.5e-300],
+              ]),
+              by_kind: { Opened: 1, Deposited: 3 },
+              entries: [
+                { seq: 2, at: 1_700_000_000_000, note: "first", flags: [3, 1, 3] },
+                { seq: 1, at: -1, flags: [] },
+              ],
+              totals: { in: 10 },
+              profile: { email: "b@example.com", since: 0 },
+              grid: [[1, 2], [], [-3]],
+              extra: { nested: [1, { deep: true }], n: 2 ** 40, f: 0.5 },
+              [LAST_EVENT_COLUMN]: ID2,
+            }),
+          ])
+          const b = recRow("b", {
+            hits: Number.MAX_SAFE_INTEGER,
+            tags: ["Beta", "alpha", "zeta", "é", "😀"],
+            scores: { a: 0, b: 0.1 + 0.2, c: -1.5e-300 },
+            by_kind: { Deposited: 3, Opened: 1 },
+            entries: [
+              { seq: 2, at: 1_700_000_000_000, note: "first", flags: [1, 3] },
+              { seq: 1, at: -1, note: null, flags: [] },
+            ],
+            totals: { in: 10, out: 0 },
+            profile: { email: "b@example.com", since: 0 },
+            grid: [[1, 2], [], [-3]],
+            extra: { nested: [1, { deep: true }], n: 2 ** 40, f: 0.5 },
+            [LAST_EVENT_COLUMN]: ID2,
+          })
+          const loaded = (yield* store.load("cf_rec", [["b"]])).get("b") as Record<string, Record<string, unknown>>
+          expect(loaded).toEqual(b)
+          // Map keys come back in code-point order, and -0 as 0.
+          expect(Object.keys(loaded.scores as object)).toEqual(["a", "b", "c"])
+          assert.isTrue(Object.is(loaded.scores?.a, 0))
+          expect(yield* store.scan("cf_rec")).toEqual([recRow("a"), b])
+        }),
+      )
+
+      it.effect("map keys and json keys may be any string", () =>
+        Effect.gen(function* () {
+          const store = yield* fresh
+          const keys = ["", " ", ".", "a.b", "$", "$set", "%", "%2E", "%25", "x\u0000y", "ключ", "😀", "__proto__"]
+          const byKind = Object.fromEntries(keys.map((k, i) => [k, i]))
+          const extra = { $where: { "a.b": [{ "": 1, "%": "%", "\u0000": null }] }, ["__proto__"]: { x: 1 } }
+          yield* store.commit(cp("conf"), 1, [rec("k", { by_kind: byKind, extra })])
+          const loaded = (yield* store.load("cf_rec", [["k"]])).get("k") as Record<string, object>
+          expect(loaded).toEqual(recRow("k", { by_kind: byKind, extra }))
+          expect(Object.keys(loaded.by_kind as object)).toEqual([...keys].sort(compareCodePoints))
+          expect(Object.hasOwn(loaded.extra as object, "__proto__")).toBe(true)
+        }),
+      )
+
+      it.effect("a write replaces the whole document: map entries and list items go with it", () =>
+        Effect.gen(function* () {
+          const store = yield* fresh
+          yield* store.commit(cp("conf"), 1, [
+            rec("r", {
+              by_kind: { x: 1, y: 2 },
+              entries: [{ seq: 1, at: 1, note: null, flags: [1] }],
+              tags: ["a", "b"],
+              profile: { email: "r@x", since: 1 },
+            }),
+          ])
+          yield* store.commit(cp("conf"), 2, [rec("r", { by_kind: { y: 5 }, [LAST_EVENT_COLUMN]: ID2 })])
+          expect(yield* store.scan("cf_rec")).toEqual([recRow("r", { by_kind: { y: 5 }, [LAST_EVENT_COLUMN]: ID2 })])
+          yield* store.commit(cp("conf"), 3, [del("cf_rec", ["r"])])
+          expect(yield* store.scan("cf_rec")).toEqual([])
+        }),
+      )
+
+      it.effect("a unique index on a path into an object refuses a clash; null objects and fields never clash", () =>
+        Effect.gen(function* () {
+          const store = yield* fresh
+          const who = (email: string | null) => ({ profile: { email, since: 1 } })
+          yield* store.commit(cp("conf"), 1, [
+            rec("u1", who("one@x")),
+            rec("u2", who("two@x")),
+            rec("u3"),
+            rec("u4", who(null)),
+          ])
+          const before = yield* snapshot
+          const e = yield* failure(store.commit(cp("conf"), 2, [rec("u3", {}), rec("u5", who("one@x"))]))
+          assert.isFalse(e.retryable)
+          expect(yield* snapshot).toEqual(before)
+          // Nulls never clash; a value freed in the same batch (by a delete or an update) may be reused.
+          yield* store.commit(cp("conf"), 3, [
+            rec("u6"),
+            rec("u7", who(null)),
+            del("cf_rec", ["u1"]),
+            rec("u2", who("second@x")),
+            rec("u8", who("one@x")),
+            rec("u9", who("two@x")),
+          ])
+          expect(
+            (yield* store.scan("cf_rec")).map((r) => [r.id, (r.profile as { email: string } | null)?.email ?? null]),
+          ).toEqual([
+            ["u2", "second@x"],
+            ["u3", null],
+            ["u4", null],
+            ["u6", null],
+            ["u7", null],
+            ["u8", "one@x"],
+            ["u9", "two@x"],
+          ])
+          expect(yield* store.checkpoint(cp("conf"))).toBe(3)
+        }),
+      )
+
+      it.effect("a refused shaped value fails the whole commit: no document and no checkpoint change", () =>
+        Effect.gen(function* () {
+          const store = yield* fresh
+          yield* store.commit(cp("conf"), 10, [rec("y", { hits: 1 })])
+          const before = yield* snapshot
+          const good = [rec("x"), rec("y", { hits: 2 })]
+          const bad: Array<[string, Row]> = [
+            ["counter that is not an integer", { hits: 1.5 }],
+            ["counter that is null", { hits: null }],
+            ["map value of the wrong type", { by_kind: { a: "x" } }],
+            ["map given as an array", { by_kind: [1] }],
+            ["map value that is null", { scores: { a: null } }],
+            ["map key that UTF-8 cannot store", { by_kind: { "\uD800": 1 } }],
+            ["list item of the wrong type", { grid: [[1, "2"]] }],
+            ["list item that is null", { entries: [null] }],
+            ["list item with an unknown field", { entries: [{ seq: 1, at: 1, flags: [], bogus: 1 }] }],
+            ["set member that is an object", { tags: [{}] }],
+            ["set member longer than max", { tags: ["x".repeat(21)] }],
+            ["object with an unknown field", { totals: { in: 1, extra: 2 } }],
+            ["object missing a required field", { profile: { email: "p@x" } }],
+            ["object that is an array", { totals: [] }],
+            ["json nested deeper than a document can hold", { extra: nest(100) }],
+            ["time outside the dates MongoDB can hold", { profile: { email: null, since: 9e15 } }],
+          ]
+          for (const [what, fields] of bad) {
+            const e = yield* failure(store.commit(cp("conf"), 20, [...good, rec("z", fields)]))
+            assert.isFalse(e.retryable, what)
+            expect(yield* snapshot, what).toEqual(before)
+          }
+        }),
+      )
+
+      it.effect("a document over MongoDB's 16 MiB is refused, naming the template, the key and the limit", () =>
+        Effect.gen(function* () {
+          const store = yield* fresh
+          const e = yield* failure(
+            store.commit(cp("conf"), 1, [rec("small"), rec("big", { extra: "x".repeat(17 * 1024 * 1024) })]),
+          )
+          assert.isFalse(e.retryable)
+          for (const part of ["cf_rec", '("big")', "16 MiB"]) expect(e.message).toContain(part)
+          expect(yield* store.scan("cf_rec")).toEqual([])
+          // Just under the limit is fine.
+          const large = "y".repeat(15 * 1024 * 1024)
+          yield* store.commit(cp("conf"), 2, [rec("large", { extra: large })])
+          const stored = (yield* store.load("cf_rec", [["large"]])).get("large")
+          expect(String(stored?.extra).length).toBe(large.length)
         }),
       )
     })

@@ -1,0 +1,321 @@
+/**
+ * One read-model store over two: REL templates go to the REL adapter
+ * (MariaDB or memory), REC templates to the REC adapter (MongoDB or memory),
+ * so that one topology may write a MariaDB table and a MongoDB collection.
+ *
+ * Checkpoints, and why a batch is still applied exactly once. Each backend
+ * keeps its own checkpoint per (topology, depot, partition) and commits its
+ * rows with it atomically, but the two commits are separate. A topology that
+ * writes both backends commits a batch as:
+ *
+ *   1. check the REC half completely, unique indexes included (`check`), so
+ *      that the REC commit does not refuse what the REL commit already took;
+ *   2. outbox.put: record the batch's REC writes with its `from` and `next`;
+ *   3. REL commit: REL rows + REL checkpoint = next (one transaction);
+ *   4. REC commit: REC rows + REC checkpoint = next.
+ *
+ * A crash before 3 leaves both checkpoints at `from`: the batch is re-run, and
+ * the stale outbox entry is never read. A crash between 3 and 4 leaves REL at
+ * `next` and REC at `from`; at the stream's next start, `checkpoint` finds the
+ * outbox entry for exactly that step and completes it (4) before answering,
+ * so the runner resumes at `next` on both backends. Re-running the batch
+ * instead would fold a possibly longer batch onto REL rows that already hold
+ * part of it. Step 4 may therefore run twice; REC commits are idempotent (on
+ * MongoDB every document is guarded by the position it has applied, see
+ * mongo-ops.ts). REL is committed first because its adapter has no such
+ * guard: it only ever commits once per batch. The resume point is the minimum
+ * of the two checkpoints, which after that completion are equal; any other
+ * difference means a backend lost data (e.g. an in-memory store restarted
+ * beside a durable one) and is reported, never papered over.
+ *
+ * What step 1 cannot rule out is a unique value taken by another writer
+ * between 1 and 4; the REC commit then fails, the stream stops, and it fails
+ * the same way at its next start until the clash is resolved (reset and
+ * replay), exactly as a single-backend batch that breaks a unique index.
+ *
+ * `reset` of such a topology is recorded in the outbox first and completed
+ * at the next start if interrupted, so the two backends cannot be left one
+ * reset and one not. Topologies that write only one backend bypass all of
+ * this: their checkpoint lives with their rows.
+ */
+import { Effect, Layer, type Scope } from "effect"
+import { StoreError } from "../errors.ts"
+import { checkTemplate, checkTemplates } from "../template/load.ts"
+import type { Template } from "../template/template.ts"
+import * as Memory from "./memory.ts"
+import { prepareBatch } from "./mongo-ops.ts"
+import { type CheckpointId, ReadModelStore, type ReadModelStoreShape, type RowWrite } from "./store.ts"
+
+export type Backend = Template["backend"]
+
+/** The REC half of a batch whose REL half may already be committed. */
+export interface OutboxEntry {
+  /** The checkpoint the batch started from. */
+  readonly from: number
+  /** The checkpoint the batch moves to. */
+  readonly next: number
+  /** The batch's REC writes, checked and canonical (plain JSON). */
+  readonly writes: ReadonlyArray<RowWrite>
+}
+
+/**
+ * Durable notes the router keeps per stream, on the REC side (MongoDB:
+ * `beds_outbox`; memory: in memory, as durable as the memory stores).
+ */
+export interface Outbox {
+  /** Replaces the stream's entry; it must be durable when this succeeds. */
+  readonly put: (stream: CheckpointId, entry: OutboxEntry) => Effect.Effect<void, StoreError>
+  readonly get: (stream: CheckpointId) => Effect.Effect<OutboxEntry | undefined, StoreError>
+  /** Records that a reset of these templates has begun for a topology. */
+  readonly beginReset: (topology: string, templates: ReadonlyArray<string>) => Effect.Effect<void, StoreError>
+  /** The templates of an unfinished reset of a topology, if any. */
+  readonly pendingReset: (topology: string) => Effect.Effect<ReadonlyArray<string> | undefined, StoreError>
+  /** Ends a reset: drops its record and every entry of the topology. */
+  readonly endReset: (topology: string) => Effect.Effect<void, StoreError>
+}
+
+const streamId = (c: CheckpointId): string => JSON.stringify([c.topology, c.depot, c.partition])
+
+/** An outbox in memory, for memory REC stores (which keep nothing across restarts either). */
+export const memoryOutbox = (): Outbox => {
+  const entries = new Map<string, OutboxEntry>()
+  const resets = new Map<string, ReadonlyArray<string>>()
+  return {
+    put: (stream, entry) => Effect.sync(() => void entries.set(streamId(stream), structuredClone(entry))),
+    get: (stream) => Effect.sync(() => structuredClone(entries.get(streamId(stream)))),
+    beginReset: (topology, templates) => Effect.sync(() => void resets.set(topology, [...templates])),
+    pendingReset: (topology) => Effect.sync(() => resets.get(topology)),
+    endReset: (topology) =>
+      Effect.sync(() => {
+        resets.delete(topology)
+        for (const id of [...entries.keys()]) if ((JSON.parse(id) as [string])[0] === topology) entries.delete(id)
+      }),
+  }
+}
+
+/** A REC adapter with the outbox it keeps. */
+export interface RecBackend {
+  readonly store: ReadModelStoreShape
+  readonly outbox: Outbox
+  /** Fails as `commit` would for these writes, unique indexes included, without writing them. */
+  readonly check: (writes: ReadonlyArray<RowWrite>) => Effect.Effect<void, StoreError>
+}
+
+/** The memory store as a REC backend, with an outbox in memory. */
+export const memoryBackend: Effect.Effect<RecBackend> = Effect.map(Memory.make, (store) => ({
+  store,
+  outbox: memoryOutbox(),
+  check: (writes) =>
+    Effect.suspend(() => {
+      const refused = Memory.check(store, writes)
+      return refused === undefined ? Effect.void : Effect.fail(refused)
+    }),
+}))
+
+export interface RouterOptions {
+  readonly rel: ReadModelStoreShape
+  readonly rec: RecBackend
+  /**
+   * Which templates each topology writes, which decides where its checkpoints
+   * live. A topology not listed is treated as writing both backends (always
+   * correct, one outbox write per batch slower).
+   */
+  readonly topologies?: ReadonlyArray<{ readonly name: string; readonly readModels: ReadonlyArray<string> }>
+}
+
+const failed = (message: string, cause?: unknown): StoreError =>
+  new StoreError({ code: "STORE_FAILED", message, retryable: false, cause })
+
+const corrupt = (message: string): StoreError => new StoreError({ code: "CORRUPT", message, retryable: false })
+
+const describe = (c: CheckpointId): string => `${c.topology}/${c.depot}/${c.partition}`
+
+/** Builds a routing store over a REL and a REC adapter. */
+export const make = (options: RouterOptions): Effect.Effect<ReadModelStoreShape> =>
+  Effect.sync(() => {
+    const { rel } = options
+    const rec = options.rec.store
+    const outbox = options.rec.outbox
+    const templates = new Map<string, Template>()
+    /** Per stream: the checkpoint both backends are known to hold. */
+    const known = new Map<string, number>()
+    const store = (b: Backend): ReadModelStoreShape => (b === "rel" ? rel : rec)
+
+    const unknown = (name: string): StoreError =>
+      failed(
+        `Unknown template ${JSON.stringify(name)}: this read-model store knows ${[...templates.keys()].join(", ") || "no templates"}; ensure() the template before using it.`,
+      )
+
+    const backendOf = (name: string): Effect.Effect<Backend, StoreError> => {
+      const t = templates.get(name)
+      return t === undefined ? Effect.fail(unknown(name)) : Effect.succeed(t.backend)
+    }
+
+    /** The backends a topology's checkpoints live on. */
+    const backendsOf = (topology: string): ReadonlyArray<Backend> => {
+      const declared = options.topologies?.find((t) => t.name === topology)
+      if (declared === undefined) return ["rel", "rec"]
+      const used = new Set(declared.readModels.map((m) => templates.get(m)?.backend))
+      if (used.has(undefined)) return ["rel", "rec"]
+      if (used.has("rel") && used.has("rec")) return ["rel", "rec"]
+      return used.has("rec") ? ["rec"] : ["rel"]
+    }
+    const single = (topology: string): Backend | undefined => {
+      const b = backendsOf(topology)
+      return b.length === 1 ? b[0] : undefined
+    }
+
+    const ensure: ReadModelStoreShape["ensure"] = (list) =>
+      Effect.gen(function* () {
+        for (const t of list) {
+          const bad = checkTemplate(t)
+          if (bad !== undefined) return yield* failed(bad.message, bad)
+        }
+        const merged = new Map(templates)
+        for (const t of list) merged.set(t.name, t)
+        const clash = checkTemplates(list) ?? checkTemplates([...merged.values()])
+        if (clash !== undefined) return yield* failed(clash.message, clash)
+        const moved = list.find((t) => templates.has(t.name) && templates.get(t.name)?.backend !== t.backend)
+        if (moved !== undefined)
+          return yield* new StoreError({
+            code: "SCHEMA_DRIFT",
+            message: `Template ${moved.name} (${moved.tla}, ${moved.file}) moved from backend ${templates.get(moved.name)?.backend} to ${moved.backend}; its rows would stay behind. Replay into a new template (new name and TLA) instead.`,
+            retryable: false,
+          })
+        yield* rel.ensure(list.filter((t) => t.backend === "rel"))
+        yield* rec.ensure(list.filter((t) => t.backend === "rec"))
+        for (const t of list) templates.set(t.name, t)
+      })
+
+    const load: ReadModelStoreShape["load"] = (name, keys) =>
+      Effect.flatMap(backendOf(name), (b) => store(b).load(name, keys))
+
+    const scan: ReadModelStoreShape["scan"] = (name) => Effect.flatMap(backendOf(name), (b) => store(b).scan(name))
+
+    const finishReset = (topology: string, names: ReadonlyArray<string>) =>
+      Effect.gen(function* () {
+        const ours = names.filter((n) => templates.has(n))
+        yield* rel.reset(
+          topology,
+          ours.filter((n) => templates.get(n)?.backend === "rel"),
+        )
+        yield* rec.reset(
+          topology,
+          ours.filter((n) => templates.get(n)?.backend === "rec"),
+        )
+        yield* outbox.endReset(topology)
+        for (const id of [...known.keys()]) if ((JSON.parse(id) as [string])[0] === topology) known.delete(id)
+      })
+
+    /**
+     * Brings a two-backend stream to one checkpoint, completing an
+     * interrupted reset or the REC half of a batch whose REL half committed.
+     */
+    const settle = (c: CheckpointId): Effect.Effect<number, StoreError> =>
+      Effect.gen(function* () {
+        const pendingReset = yield* outbox.pendingReset(c.topology)
+        if (pendingReset !== undefined) {
+          yield* Effect.logWarning(`read models: completing an interrupted reset of topology ${c.topology}`)
+          yield* finishReset(c.topology, pendingReset)
+        }
+        const r = yield* rel.checkpoint(c)
+        const d = yield* rec.checkpoint(c)
+        if (r === d) {
+          known.set(streamId(c), r)
+          return r
+        }
+        if (r > d) {
+          const entry = yield* outbox.get(c)
+          if (entry !== undefined && entry.next === r && entry.from === d) {
+            yield* Effect.logInfo(
+              `read models: completing batch ${describe(c)} ${d}..${r} on the REC store (its REL half committed before a stop)`,
+            )
+            yield* rec.commit(c, r, entry.writes)
+            known.set(streamId(c), r)
+            return r
+          }
+          return yield* corrupt(
+            `Stream ${describe(c)}: the REL read models are at offset ${r} but the REC ones at ${d}, and no pending batch ${d}..${r} is recorded (${entry === undefined ? "none is" : `the outbox holds ${entry.from}..${entry.next}`}). The REC store lost data. Reset the topology ${c.topology} and replay it to rebuild both.`,
+          )
+        }
+        return yield* corrupt(
+          `Stream ${describe(c)}: the REC read models are at offset ${d} but the REL ones only at ${r}; BEDS commits REL first, so the REL store lost data (is engine.rel = "memory" while engine.rec keeps its data?). Reset the topology ${c.topology} and replay it to rebuild both, or keep both stores durable.`,
+        )
+      })
+
+    const checkpoint: ReadModelStoreShape["checkpoint"] = (c) => {
+      const only = single(c.topology)
+      return only === undefined ? settle(c) : store(only).checkpoint(c)
+    }
+
+    const commit: ReadModelStoreShape["commit"] = (c, next, writes) =>
+      Effect.gen(function* () {
+        const split: Record<Backend, Array<RowWrite>> = { rel: [], rec: [] }
+        for (const w of writes) {
+          const t = templates.get(w.template)
+          if (t === undefined)
+            return yield* failed(
+              `Commit refused: unknown template ${JSON.stringify(w.template)}; ensure() it first. Nothing was written.`,
+            )
+          split[t.backend].push(w)
+        }
+        const only = single(c.topology)
+        if (only !== undefined) {
+          const other = only === "rel" ? split.rec : split.rel
+          if (other.length > 0)
+            return yield* failed(
+              `Commit refused: topology ${c.topology} is declared to write ${only.toUpperCase()} templates only, but wrote ${other[0]?.template}. Nothing was written.`,
+            )
+          return yield* store(only).commit(c, next, writes)
+        }
+        const prepared = prepareBatch((name) => templates.get(name), split.rec)
+        if (!prepared.ok) return yield* failed(prepared.problem)
+        const recWrites: ReadonlyArray<RowWrite> = prepared.value.map((p) => ({
+          template: p.template.name,
+          key: p.key,
+          row: p.row,
+        }))
+        yield* options.rec.check(recWrites)
+        const from = known.get(streamId(c)) ?? (yield* settle(c))
+        yield* outbox.put(c, { from, next, writes: recWrites })
+        yield* rel.commit(c, next, split.rel)
+        yield* rec.commit(c, next, recWrites)
+        known.set(streamId(c), next)
+      })
+
+    const reset: ReadModelStoreShape["reset"] = (topology, names) =>
+      Effect.gen(function* () {
+        for (const n of names) yield* backendOf(n)
+        const only = single(topology)
+        if (only !== undefined) {
+          const other = names.find((n) => templates.get(n)?.backend !== only)
+          if (other !== undefined)
+            return yield* failed(
+              `Reset refused: topology ${topology} is declared to write ${only.toUpperCase()} templates only, not ${other}.`,
+            )
+          return yield* store(only).reset(topology, names)
+        }
+        yield* outbox.beginReset(topology, names)
+        yield* finishReset(topology, names)
+      })
+
+    return ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset })
+  })
+
+/**
+ * The routing store as a Layer, built from the two adapters' constructors
+ * (e.g. MariaDB's `make` and MongoDB's `backend(settings)`).
+ */
+export const layer = <E1, R1, E2, R2>(options: {
+  readonly rel: Effect.Effect<ReadModelStoreShape, E1, R1>
+  readonly rec: Effect.Effect<RecBackend, E2, R2>
+  readonly topologies?: RouterOptions["topologies"]
+}): Layer.Layer<ReadModelStore, E1 | E2, Exclude<R1 | R2, Scope.Scope>> =>
+  Layer.effect(
+    ReadModelStore,
+    Effect.gen(function* () {
+      const rel = yield* options.rel
+      const rec = yield* options.rec
+      return yield* make({ rel, rec, ...(options.topologies === undefined ? {} : { topologies: options.topologies }) })
+    }),
+  )
