@@ -324,7 +324,7 @@ class Client implements AmqpClient {
             correlationId,
             new PublishFailed({
               code: "TIMEOUT",
-              message: `No ${ack === "none" ? "confirm" : "reply"} within ${timeoutMs} ms; the command may have been appended: retry with the same id.`,
+              message: `No ${ack === "none" ? "confirm" : "reply"} within ${timeoutMs} ms; the command may have been appended: retry with the same id. If this keeps happening, check that an engine is running and consuming (beds status; beds start).`,
               messageId,
             }),
           ),

@@ -24,6 +24,8 @@ export const MariaDbConfig = Schema.Struct({
   /** Connections per process; each partition writer holds one while it commits. */
   pool: Positive,
   connect_timeout_ms: Positive,
+  /** Read replicas ("host:port"), checked at start-up; a replica that does not answer is a warning, not a failure. */
+  replicas: Schema.optional(Schema.Array(Schema.String.check(Schema.isPattern(/^[A-Za-z0-9_.-]+:[0-9]{1,5}$/)))),
 })
 
 export const AmqpConfig = Schema.Struct({

@@ -41,6 +41,42 @@ export const step = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>, log:
     )
   })
 
+/**
+ * Replicas are optional: each is tried once with the primary's credentials,
+ * and one that does not answer is logged as a warning naming its address.
+ * (Reads are served from the primary today; replicas are checked so an
+ * operator learns early that one is gone.)
+ */
+const checkReplicas = (
+  c: LoadedConfig["config"]["mariadb"],
+  replicas: ReadonlyArray<string>,
+  log: (line: string) => void,
+) =>
+  Effect.forEach(
+    replicas,
+    (address) =>
+      Effect.promise(async () => {
+        const [host, port] = address.split(":") as [string, string]
+        try {
+          const mariadb = await import("mariadb")
+          const conn = await mariadb.createConnection({
+            host,
+            port: Number(port),
+            user: c.user,
+            password: c.password,
+            connectTimeout: Math.min(c.connect_timeout_ms, 3000),
+          })
+          await conn.end()
+          log(`ipl:   replica ${address} answers`)
+        } catch (e) {
+          log(
+            `ipl:   WARNING replica ${address} does not answer (${(e as Error).message}); serving from the primary only`,
+          )
+        }
+      }),
+    { discard: true },
+  )
+
 /** Narrows declarations to what this node's role serves ("*" = all). */
 export const forRole = (decl: Decl, config: LoadedConfig["config"]): Decl => {
   const role = config.roles[config.engine.role]
@@ -101,6 +137,9 @@ export const boot = (loaded: LoadedConfig, root: string, log: (line: string) => 
       log(
         `ipl: serving depots [${decl.depots.map((d) => `${d.name}/${d.partitions}`).join(", ")}], topologies [${decl.topologies.map((t) => `${t.name}@v${t.version}`).join(", ")}], templates [${decl.templates.map((t) => `${t.tla}:${t.name}`).join(", ")}]`,
       )
+      const replicas = loaded.config.mariadb.replicas ?? []
+      if (replicas.length > 0 && (loaded.config.engine.depot === "mariadb" || loaded.config.engine.rel === "mariadb"))
+        yield* step(`MariaDB replicas (${replicas.length})`, checkReplicas(loaded.config.mariadb, replicas, log), log)
       const stores = storesLayer(loaded, root, decl.topologies)
       const engine = Layer.effect(
         Engine,
