@@ -17,4 +17,5 @@ if (want("embedded"))
   printEmbedded(
     await runEmbedded(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000), Number(process.env.BENCH_REBUILD ?? 1_000_000)),
   )
+if (want("replay")) await (await import("./replay.ts")).benchReplay()
 process.exit(0)

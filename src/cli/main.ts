@@ -27,5 +27,6 @@ program.addCommand(templatesCommand())
 program.addCommand(lineageCommand())
 program.addCommand(whyCommand())
 program.addCommand(auditCommand())
+program.addCommand((await import("./replay.ts")).replayCommand())
 
 await program.parseAsync(process.argv)

@@ -7,6 +7,7 @@
  */
 import { Command } from "commander"
 import { Context, Deferred, Effect, Exit, Layer, Scope } from "effect"
+import { rebuildChangedTopologies } from "../replay/startup.ts"
 import { boot, step } from "../runtime/boot.ts"
 import { Engine } from "../runtime/engine.ts"
 import * as Amqp from "../transport/amqp.ts"
@@ -19,7 +20,11 @@ const log = (line: string) => process.stderr.write(`${line}\n`)
 export const startCommand = () =>
   new Command("start")
     .description("start the engine: ordered start-up (IPL), then serve until SIGINT/SIGTERM")
-    .action(async (_opts, cmd: Command) => {
+    .option(
+      "--rebuild",
+      "rebuild topologies whose version changed (blue/green) even when config says to wait for this flag",
+    )
+    .action(async (opts: { rebuild?: boolean }, cmd: Command) => {
       const root = rootOf(cmd)
       await runCli(
         Effect.gen(function* () {
@@ -33,6 +38,12 @@ export const startCommand = () =>
 
           const exit = yield* Effect.exit(
             Effect.gen(function* () {
+              // A topology whose version changed is rebuilt beside its live model before serving, never mixed.
+              yield* step(
+                "topology versions",
+                rebuildChangedTopologies(loaded, root, { log, ...(opts.rebuild ? { rebuild: true } : {}) }),
+                log,
+              )
               const ctx = yield* Layer.buildWithScope(boot(loaded, root, log), scope)
               const engine = Context.get(ctx, Engine)
               const c = loaded.config

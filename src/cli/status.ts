@@ -46,7 +46,12 @@ export const statusCommand = () =>
                       Effect.map(
                         memoryModels
                           ? Effect.succeed(undefined)
-                          : models.checkpoint({ topology: t.name, depot: s.name, partition: p }),
+                          : // peekCheckpoint never waits on (or trips) a replay's fence.
+                            (models.replay?.peekCheckpoint ?? models.checkpoint)({
+                              topology: t.name,
+                              depot: s.name,
+                              partition: p,
+                            }),
                         (next) => {
                           const head = depots.find((d) => d.depot === s.name)?.partitions[p]?.head ?? 0
                           // Memory read models live inside a running engine: no stored checkpoint to show.

@@ -449,7 +449,15 @@ const build = (db: MariaDbShape, naming: Naming) => {
       })
     })
 
-  return { store: ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset }), compiled, readCheckpoint }
+  // A replay stopped mid-commit must not leave the commit running behind a second replay's back:
+  // a variant's commit finishes (or fails) before the interruption goes through.
+  const guarded: ReadModelStoreShape["commit"] = naming.live
+    ? commit
+    : (checkpoint, next, writes) => Effect.uninterruptible(commit(checkpoint, next, writes))
+  return {
+    store: ReadModelStore.of({ ensure, load, commit: guarded, checkpoint, scan, reset }),
+    compiled,
+  }
 }
 
 /** The MariaDB store as a Layer over the shared pool. */
@@ -607,10 +615,13 @@ const replayOps = (db: MariaDbShape, liveCompiled: ReadonlyMap<string, Compiled>
             connectTimeout: connect_timeout_ms,
           })
           try {
-            const got: Array<{ ok: number | null }> = await conn.query("SELECT GET_LOCK(?, 0) AS ok", [
+            // A short wait lets the server finish tearing down the connection of a holder that just died.
+            const got: Array<{ ok: number | null }> = await conn.query("SELECT GET_LOCK(?, 3) AS ok", [
               replayLockName(topology),
             ])
-            if (Number(got[0]?.ok ?? 0) === 1) {
+            const ok = got[0]?.ok
+            if (ok === null || ok === undefined) throw new Error(`GET_LOCK(${replayLockName(topology)}) failed`)
+            if (Number(ok) === 1) {
               await conn.query(
                 `REPLACE INTO ${quoteId(REPLAY_LOCK_TABLE)} (\`topology\`, \`host\`, \`pid\`, \`since\`, \`conn\`) VALUES (?, ?, ?, ?, CONNECTION_ID())`,
                 [topology, holder.host, holder.pid, holder.since],
@@ -619,14 +630,18 @@ const replayOps = (db: MariaDbShape, liveCompiled: ReadonlyMap<string, Compiled>
               const ping = setInterval(() => void conn.ping().catch(() => undefined), 60_000)
               return { acquired: true as const, conn, ping }
             }
-            const rows: Array<{ host: string; pid: number; since: number }> = await conn.query(
-              `SELECT \`host\`, \`pid\`, \`since\` FROM ${quoteId(REPLAY_LOCK_TABLE)} WHERE \`topology\` = ?`,
-              [topology],
-            )
+            // The row names the holder only if it was written by the connection that holds the lock now.
+            const rows: Array<{ host: string; pid: number; since: number; conn: number; holder: number | null }> =
+              await conn.query(
+                `SELECT \`host\`, \`pid\`, \`since\`, \`conn\`, IS_USED_LOCK(?) AS holder FROM ${quoteId(REPLAY_LOCK_TABLE)} WHERE \`topology\` = ?`,
+                [replayLockName(topology), topology],
+              )
             await conn.end()
             const r = rows[0]
             const current: ReplayLockHolder | undefined =
-              r === undefined ? undefined : { host: String(r.host), pid: Number(r.pid), since: Number(r.since) }
+              r === undefined || r.holder === null || Number(r.holder) !== Number(r.conn)
+                ? undefined
+                : { host: String(r.host), pid: Number(r.pid), since: Number(r.since) }
             return { acquired: false as const, holder: current }
           } catch (e) {
             await conn.end().catch(() => undefined)

@@ -63,6 +63,8 @@ export interface EngineShape {
   /** Waits until every topology on every depot has caught up with the depots' heads. */
   readonly settle: () => Effect.Effect<void, StoreError>
   readonly status: () => Effect.Effect<EngineStatus, StoreError>
+  /** The engine's group-commit writer: a replay in this process appends first-time derived events through it. */
+  readonly writer?: Writer.DepotWriterShape | undefined
 }
 
 export interface EngineStatus {
@@ -151,6 +153,7 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
         }),
       settle,
       status,
+      writer,
     })
   })
 
