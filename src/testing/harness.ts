@@ -88,12 +88,12 @@ const publish = (engine: EngineShape, c: TestCommand) =>
  *   scenario(declarations)
  *     .given([{ depot: "accounts", type: "Opened", key: "a1", payload: { owner: "Ada" } }])
  *     .when([{ depot: "accounts", type: "Deposited", key: "a1", payload: { amount: 500 } }])
- *     .then("acc_balance", "a1", { balance: 500, events: 2 })
+ *     .thenRow("acc_balance", "a1", { balance: 500, events: 2 })
  *     .run()                                   // an Effect; runPromise() for a Promise
  *
  * `given` events are appended and applied first; `when` commands are
  * published at `full` (read-your-writes), their replies kept for
- * `thenReplies`; `then` compares the listed fields of one row (undefined
+ * `thenReplies`; `thenRow` compares the listed fields of one row (undefined
  * expects the row to be absent).
  */
 export const scenario = (declarations: Declarations, stores: () => Effect.Effect<Stores> = memoryStores) => {
@@ -111,7 +111,7 @@ export const scenario = (declarations: Declarations, stores: () => Effect.Effect
       when.push(...commands)
       return self
     },
-    then: (template: string, key: RowKey | string, fields: Readonly<Record<string, unknown>> | undefined) => {
+    thenRow: (template: string, key: RowKey | string, fields: Readonly<Record<string, unknown>> | undefined) => {
       rows.push({ template, key, fields })
       return self
     },
@@ -301,7 +301,7 @@ export const checkTopology = async (options: CheckOptions): Promise<void> => {
             const before = yield* snapshot(s, declarations)
             const again = yield* run(s, cs)
             const after = yield* snapshot(s, declarations)
-            const notDup = again.filter((h) => h.reply !== undefined && h.reply.ok && !h.reply.duplicate)
+            const notDup = again.filter((h) => h.reply?.ok && !h.reply.duplicate)
             if (notDup.length > 0) return `redelivery: ${notDup[0]?.messageId} was appended again`
             if (JSON.stringify(before) !== JSON.stringify(after))
               return "redelivery: delivering the history again changed the state"

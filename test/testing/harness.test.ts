@@ -41,8 +41,8 @@ describe("testing harness", () => {
         { depot: "accounts", type: "Deposited", key: "a1", payload: { amount: 500 } },
         { depot: "accounts", type: "Withdrawn", key: "a1", payload: { amount: 120 } },
       ])
-      .then("acc_balance", "a1", { owner: "Ada", balance: 380, events: 3, status: "open" })
-      .then("acc_balance", "a2", undefined)
+      .thenRow("acc_balance", "a1", { owner: "Ada", balance: 380, events: 3, status: "open" })
+      .thenRow("acc_balance", "a2", undefined)
       .thenReplies((replies) => (replies.every((r) => r.ok) ? undefined : "a command was refused"))
       .runPromise()
   })
@@ -51,7 +51,7 @@ describe("testing harness", () => {
     await expect(
       scenario(declarations)
         .when([{ depot: "accounts", type: "Deposited", key: "a1", payload: { amount: 5 } }])
-        .then("acc_balance", "a1", { balance: 6 })
+        .thenRow("acc_balance", "a1", { balance: 6 })
         .runPromise(),
     ).rejects.toThrow("acc_balance a1.balance: expected 6, found 5")
   })
