@@ -44,7 +44,8 @@ export interface Options {
   readonly keyCacheSize?: number
 }
 
-const TABLE = "beds_event"
+/** The one table of every depot on MariaDB. */
+export const TABLE = "beds_event"
 
 /**
  * Above this many bytes the driver may send a bulk insert as several
@@ -88,7 +89,8 @@ const COLUMNS = [
   "message_id",
   "metadata",
 ]
-const SELECT = `SELECT ${COLUMNS.map((c) => `\`${c}\``).join(", ")} FROM ${TABLE}`
+/** Every column of an event, in the order `toEvent` reads them. */
+export const SELECT = `SELECT ${COLUMNS.map((c) => `\`${c}\``).join(", ")} FROM ${TABLE}`
 const INSERT = `INSERT INTO ${TABLE} (${COLUMNS.map((c) => `\`${c}\``).join(", ")}) VALUES (${COLUMNS.map(() => "?").join(", ")})`
 // Message IDs bound to `IN (?)` (the driver expands arrays) name their index:
 // on a young depot the optimizer may prefer the primary key's (depot) prefix,
@@ -115,7 +117,8 @@ const DESCENDANTS = { sql: `${SELECT} WHERE id >= ? AND id < ? ORDER BY id LIMIT
 
 type Row = ReadonlyArray<unknown>
 
-const toEvent = (r: Row): Event => ({
+/** An event from a row selected with `SELECT` (rowsAsArray). */
+export const toEvent = (r: Row): Event => ({
   depot: r[0] as string,
   partition: r[1] as number,
   offset: r[2] as number,

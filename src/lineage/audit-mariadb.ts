@@ -15,16 +15,16 @@
  */
 import { Effect } from "effect"
 import type { Event } from "../depot/event.ts"
+import { SELECT, TABLE, toEvent } from "../depot/mariadb.ts"
 import { MariaDb } from "../mariadb/client.ts"
 import type { AuditLookups, EventRef } from "./audit.ts"
 import type { LineageId } from "./lineage-id.ts"
 
-const TABLE = "beds_event"
 /** IDs per IN list: long enough to save round trips, short enough for max_allowed_packet. */
 const CHUNK = 500
 
 const BY_IDS = {
-  sql: `SELECT depot, part, off, id, type, \`key\`, version, payload, time, parent, root, message_id, metadata FROM ${TABLE} WHERE id IN (?)`,
+  sql: `${SELECT} WHERE id IN (?)`,
   rowsAsArray: true,
 }
 const OWNERS = {
@@ -33,22 +33,6 @@ const OWNERS = {
 }
 
 type Row = ReadonlyArray<unknown>
-
-const toEvent = (r: Row): Event => ({
-  depot: r[0] as string,
-  partition: r[1] as number,
-  offset: r[2] as number,
-  id: r[3] as string,
-  type: r[4] as string,
-  key: r[5] as string,
-  version: r[6] as number,
-  payload: JSON.parse(r[7] as string),
-  time: r[8] as number,
-  parent: r[9] as string | null,
-  root: r[10] as string,
-  messageId: r[11] as string,
-  metadata: JSON.parse(r[12] as string),
-})
 
 const chunks = <A>(all: ReadonlyArray<A>): Array<ReadonlyArray<A>> => {
   const out: Array<ReadonlyArray<A>> = []
