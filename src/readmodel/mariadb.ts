@@ -471,7 +471,15 @@ const build = (db: MariaDbShape, naming: Naming) => {
     ? commit
     : (checkpoint, next, writes) => Effect.uninterruptible(commit(checkpoint, next, writes))
   return {
-    store: ReadModelStore.of({ ensure, load, commit: guarded, checkpoint, scan, reset }),
+    store: ReadModelStore.of({
+      ensure,
+      load,
+      commit: guarded,
+      checkpoint,
+      scan,
+      reset,
+      check: (writes) => Effect.asVoid(prepare(writes)),
+    }),
     compiled,
   }
 }

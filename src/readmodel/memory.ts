@@ -335,7 +335,12 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
     )
 
   const replay = replayOps(tables, checkpoints, cpId, fencing)
-  const store = ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, replay })
+  const check = (writes: ReadonlyArray<RowWrite>) =>
+    Effect.suspend(() => {
+      const steps = prepare(writes)
+      return steps instanceof StoreError ? Effect.fail(steps) : Effect.void
+    })
+  const store = ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, replay, check })
   internals.set(store, { tables, checkpoints })
   checks.set(store, (writes) => {
     const steps = prepare(writes)

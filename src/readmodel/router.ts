@@ -299,7 +299,17 @@ export const make = (options: RouterOptions): Effect.Effect<ReadModelStoreShape>
         yield* finishReset(topology, names)
       })
 
-    return ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset })
+    const check = (writes: ReadonlyArray<RowWrite>) =>
+      Effect.gen(function* () {
+        const recWrites = writes.filter((w) => templates.get(w.template)?.backend === "rec")
+        const relWrites = writes.filter((w) => templates.get(w.template)?.backend !== "rec")
+        if (recWrites.length > 0) {
+          const prepared = prepareBatch((name) => templates.get(name), recWrites)
+          if (!prepared.ok) return yield* failed(prepared.problem)
+        }
+        if (relWrites.length > 0 && rel.check !== undefined) yield* rel.check(relWrites)
+      })
+    return ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, check })
   })
 
 /**

@@ -46,6 +46,13 @@ export interface ReadModelStoreShape {
   readonly scan: (template: string) => Effect.Effect<ReadonlyArray<Row>, StoreError>
   /** Removes every row of these templates and the checkpoints of this topology (rebuild from scratch). */
   readonly reset: (topology: string, templates: ReadonlyArray<string>) => Effect.Effect<void, StoreError>
+  /**
+   * Refuses writes as `commit` would for reasons in the rows themselves
+   * (field values, a document over the backend's size limit), without
+   * writing. The runner asks at each write, so the topology's failure policy
+   * (halt or park) takes the event instead of the stream failing at commit.
+   */
+  readonly check?: ((writes: ReadonlyArray<RowWrite>) => Effect.Effect<void, StoreError>) | undefined
   /** Blue/green operations for replays (src/replay/replay.ts); an adapter without them cannot replay. */
   readonly replay?: ReadModelReplayShape | undefined
 }

@@ -427,7 +427,15 @@ const makeApplier = (
             ),
           )
       const key = keyOf(tpl, row)
-      stagedTable(template).set(keyId(key), { key, row: { ...row, [LAST_EVENT_COLUMN]: event.id } })
+      const full = { ...row, [LAST_EVENT_COLUMN]: event.id }
+      stagedTable(template).set(keyId(key), { key, row: full })
+      // A document the store would refuse (over MongoDB's size limit, say) fails this event, so the
+      // topology's policy decides, instead of the whole batch failing at commit again and again.
+      if (tpl.backend === "rec" && models.check !== undefined)
+        return Effect.mapError(
+          models.check([{ template, key, row: full }]),
+          (e) => new TopologyFailure(`Topology "${topology.name}" wrote a row the store refuses: ${e.message}`, false),
+        )
       return Effect.void
     },
     remove: (template, key) => {

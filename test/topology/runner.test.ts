@@ -150,3 +150,44 @@ describe("topology runner", () => {
     expect((await Effect.runPromise(s.models.scan("nte_note"))).map((r) => r.id)).toEqual(["n1", "n2"])
   })
 })
+
+describe("topology runner and store refusals", () => {
+  it("a document over MongoDB's size limit fails its event, and the park policy goes on with the next", async () => {
+    const big = await Effect.runPromise(
+      parseTemplate(
+        `tla = "BIG"\nname = "big_doc"\nbackend = "rec"\nkey = ["id"]\n[fields.id]\ntype = "string"\nmax = 64\n[fields.blob]\ntype = "text"\n[fields.more]\ntype = "text"\n`,
+        "big_doc.toml",
+      ),
+    )
+    const hoarder = Topology.make({
+      name: "hoarder",
+      sources: [notes],
+      readModels: ["big_doc"],
+      onFailure: "park",
+      handle: (event, ctx) => {
+        const text = (event.payload as { text: string }).text
+        // Each field fits its type; together they pass MongoDB's 16 MiB per document.
+        const half = text === "huge" ? "x".repeat(9 * 1024 * 1024) : text
+        return ctx.put("big_doc", { id: event.key, blob: half, more: half })
+      },
+    })
+    const s = await stores()
+    const status = await Effect.runPromise(
+      withEngine(
+        s,
+        { depots: [notes], topologies: [hoarder], templates: [big] },
+        (engine) =>
+          Effect.gen(function* () {
+            yield* engine.publish("notes", "Written", "n1", { text: "huge" }, { id: "a" })
+            yield* engine.publish("notes", "Written", "n2", { text: "small" }, { id: "b", ack: "full" })
+            return yield* engine.status()
+          }),
+        fastRetries,
+      ),
+    )
+    expect(status.streams[0]).toMatchObject({ state: "running", next: 2, restarts: 0 })
+    expect(status.streams[0]?.parked[0]?.error).toContain("big_doc")
+    expect(status.streams[0]?.parked[0]?.error).toContain("16 MiB")
+    expect((await Effect.runPromise(s.models.scan("big_doc"))).map((r) => r.id)).toEqual(["n2"])
+  })
+})
