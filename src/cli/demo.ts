@@ -17,7 +17,7 @@ export const demoCommand = () =>
   new Command("demo")
     .description("run the engine on a realistic workload, crash it, restart it and prove nothing acknowledged was lost")
     .option("--accounts <n>", "accounts to open", positive, 500)
-    .option("--commands <n>", "commands to publish after opening them", positive, 20_000)
+    .option("--commands <n>", "commands to publish after opening them", positive, 12_000)
     .option("--in-flight <n>", "commands in flight at once", positive, 256)
     .option("--keep", "keep the demo's data folder")
     .action(async (opts: { accounts: number; commands: number; inFlight: number; keep?: boolean }, cmd: Command) => {
