@@ -18,4 +18,5 @@ if (want("embedded"))
     await runEmbedded(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000), Number(process.env.BENCH_REBUILD ?? 1_000_000)),
   )
 if (want("replay")) await (await import("./replay.ts")).benchReplay()
+if (want("lineage")) await (await import("./lineage.ts")).benchLineage()
 process.exit(0)

@@ -75,7 +75,7 @@ export const withStores = <A, E>(
   Effect.scoped(
     Effect.gen(function* () {
       const { loaded, declarations } = project
-      const ctx = yield* Layer.build(storesLayer(loaded, project.root))
+      const ctx = yield* Layer.build(storesLayer(loaded, project.root, declarations.topologies))
       const store = Context.get(ctx, DepotStore)
       const models = Context.get(ctx, ReadModelStore)
       yield* store.open(declarations.depots)

@@ -73,7 +73,7 @@ export const statusCommand = () =>
               topologies,
               readModels: memoryModels ? "memory (rebuilt at start)" : loaded.config.engine.rel,
             }
-          }).pipe(Effect.provide(storesLayer(loaded, root)), Effect.scoped)
+          }).pipe(Effect.provide(storesLayer(loaded, root, decl.topologies)), Effect.scoped)
           if (opts.json) {
             process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
             return

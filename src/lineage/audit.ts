@@ -3,9 +3,10 @@
  * read model is the fold of its depot, and names each violation.
  *
  * It runs over the ports (DepotStore, ReadModelStore), so every adapter can be
- * audited, and streams each partition in pages: memory holds one page, the
- * reference folds' state (the size of the read models, which `scan` returns
- * whole anyway) and at most `maxViolations` listed violations per check.
+ * audited, and streams each partition in pages: memory holds two pages (the
+ * next is read while one is checked), the reference folds' state (the size of
+ * the read models, which `scan` returns whole anyway) and at most
+ * `maxViolations` listed violations per check.
  *
  * Reading a partition in pages also sees what the adapter's own constraints
  * should have prevented: a page that ends inside a run of one offset is cut
@@ -14,8 +15,9 @@
  *
  * Checks that need other events than the page's (a parent, the holder of a
  * message_id, an emitted child) go through `AuditLookups`, asked once per
- * page: over the port that is one point read per event, concurrently; an
- * adapter may answer a page in one query instead (audit-mariadb.ts).
+ * page (parents and message_ids at once): over the port that is one point
+ * read per event, concurrently; an adapter may answer a page in one query
+ * instead (audit-mariadb.ts).
  *
  * Across partitions there is no common order. "A parent precedes its child"
  * is checked by offset within a partition, and elsewhere by time: a derived
@@ -295,16 +297,6 @@ export const audit = (
     /** Lineage checks of one page (events of one partition, in offset order). */
     const checkLineage = (depot: Depot, page: ReadonlyArray<Event>) =>
       Effect.gen(function* () {
-        tally.check("message_ids", page.length)
-        for (const { event, holder } of yield* lookups.messageIdClashes(depot.name, page))
-          tally.event(
-            "message_ids",
-            event,
-            holder === undefined
-              ? `message_id ${JSON.stringify(event.messageId)} does not find this event, so a repeat of its command would be appended again`
-              : `message_id ${JSON.stringify(event.messageId)} is already held by ${holder.id} at ${at(holder)}`,
-          )
-
         const wanted = new Map<Event, LineageId>()
         for (const e of page) {
           tally.check("ids")
@@ -344,8 +336,25 @@ export const audit = (
           const parent = e.parent ?? parentById
           if (parent !== null) wanted.set(e, parent)
         }
-        if (wanted.size === 0) return
-        const found = yield* lookups.events([...new Set(wanted.values())])
+        // Both look-ups at once: neither needs the other's answer.
+        const [clashes, found] = yield* Effect.all(
+          [
+            lookups.messageIdClashes(depot.name, page),
+            wanted.size === 0
+              ? Effect.succeed(new Map<LineageId, Event>() as ReadonlyMap<LineageId, Event>)
+              : lookups.events([...new Set(wanted.values())]),
+          ],
+          { concurrency: 2 },
+        )
+        tally.check("message_ids", page.length)
+        for (const { event, holder } of clashes)
+          tally.event(
+            "message_ids",
+            event,
+            holder === undefined
+              ? `message_id ${JSON.stringify(event.messageId)} does not find this event, so a repeat of its command would be appended again`
+              : `message_id ${JSON.stringify(event.messageId)} is already held by ${holder.id} at ${at(holder)}`,
+          )
         for (const [e, parentId] of wanted) {
           tally.check("parents")
           const p = found.get(parentId)
@@ -463,13 +472,39 @@ export const audit = (
             next,
           })),
         )
-        let from = 0
         let expected = 0
         let previous: Event | undefined
-        while (true) {
-          const page = yield* store.read(depot.name, p, from, pageSize)
-          if (page.length === 0) break
+        /** The checks of one page, in offset order; pages are checked one after the other. */
+        const checkPage = (take: ReadonlyArray<Event>) =>
+          Effect.gen(function* () {
+            if (audited) {
+              for (const e of take) {
+                tally.check("offsets")
+                if (previous !== undefined && e.offset === previous.offset)
+                  tally.event("offsets", e, `offset ${e.offset} is taken twice: by ${previous.id} and by ${e.id}`)
+                else if (e.offset > expected)
+                  tally.event(
+                    "offsets",
+                    e,
+                    e.offset === expected + 1
+                      ? `offset ${expected} is missing`
+                      : `offsets ${expected} to ${e.offset - 1} are missing`,
+                  )
+                else if (e.offset < expected)
+                  tally.event("offsets", e, `offset ${e.offset} is read after offset ${expected - 1}`)
+                expected = Math.max(expected, e.offset + 1)
+                previous = e
+              }
+              yield* checkLineage(depot, take)
+            }
+            if (folders.length > 0) yield* foldPage(depot, take, folders)
+            done += take.length
+            progress({ phase: "events", done: Math.min(done, total), total, at: `${depot.name}/${p}` })
+          })
+        let page = yield* store.read(depot.name, p, 0, pageSize)
+        while (page.length > 0) {
           let take = page
+          let from: number
           const lastOffset = (page[page.length - 1] as Event).offset
           if (page.length >= pageSize) {
             // Keep the events of the last offset for the next page, which starts at it and so holds all of them.
@@ -478,29 +513,11 @@ export const audit = (
             from = cut > 0 ? lastOffset : lastOffset + 1
           } else from = lastOffset + 1
           events += take.length
-          if (audited) {
-            for (const e of take) {
-              tally.check("offsets")
-              if (previous !== undefined && e.offset === previous.offset)
-                tally.event("offsets", e, `offset ${e.offset} is taken twice: by ${previous.id} and by ${e.id}`)
-              else if (e.offset > expected)
-                tally.event(
-                  "offsets",
-                  e,
-                  e.offset === expected + 1
-                    ? `offset ${expected} is missing`
-                    : `offsets ${expected} to ${e.offset - 1} are missing`,
-                )
-              else if (e.offset < expected)
-                tally.event("offsets", e, `offset ${e.offset} is read after offset ${expected - 1}`)
-              expected = Math.max(expected, e.offset + 1)
-              previous = e
-            }
-            yield* checkLineage(depot, take)
-          }
-          if (folders.length > 0) yield* foldPage(depot, take, folders)
-          done += take.length
-          progress({ phase: "events", done: Math.min(done, total), total, at: `${depot.name}/${p}` })
+          // The next page is read while this one is checked.
+          const [next] = yield* Effect.all([store.read(depot.name, p, from, pageSize), checkPage(take)], {
+            concurrency: 2,
+          })
+          page = next
         }
       }
     }
