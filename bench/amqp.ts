@@ -198,6 +198,9 @@ export const runAmqp = async (n: number, inFlight: number): Promise<AmqpResult> 
     ...process.env,
     BEDS_ENV: "dev",
     BEDS__MARIADB__DATABASE: "beds_bench_amqp",
+    // The contract's comparison: the accounts depot with the balances topology only.
+    BEDS__ROLES__BENCH: '{ depots = ["accounts"], topologies = ["balances"] }',
+    BEDS__ENGINE__ROLE: "bench",
   })
   const client = await AmqpClient.connect(URL, { connectionName: "beds bench" })
   try {
