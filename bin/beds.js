@@ -10,7 +10,10 @@ import { fileURLToPath } from "node:url"
 const here = dirname(fileURLToPath(import.meta.url))
 const [major, minor] = process.versions.node.split(".").map(Number)
 if (major < 22 || (major === 22 && minor < 19)) {
-  const pinned = [join(here, "..", "node_modules", "node", "bin", "node"), join(here, "..", "..", "node", "bin", "node")].find(existsSync)
+  const pinned = [
+    join(here, "..", "node_modules", "node", "bin", "node"),
+    join(here, "..", "..", "node", "bin", "node"),
+  ].find(existsSync)
   if (pinned === undefined) {
     console.error(`beds needs Node >= 22.19 (found ${process.version}); run "npm install" in the project first.`)
     process.exit(1)
