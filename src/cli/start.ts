@@ -32,7 +32,12 @@ export const startCommand = () =>
           const loaded = yield* configOf(root)
           const scope = yield* Scope.make()
           const stop = yield* Deferred.make<string>()
-          const onSignal = (sig: string) => Effect.runFork(Deferred.succeed(stop, sig))
+          const onSignal = (sig: string) => {
+            Effect.runFork(Deferred.succeed(stop, sig))
+            // The stdio transport ends when its input does: closing stdin lets it finish the
+            // commands in flight, write their replies and return, like the AMQP consumers.
+            process.stdin.push(null)
+          }
           process.once("SIGINT", () => onSignal("SIGINT"))
           process.once("SIGTERM", () => onSignal("SIGTERM"))
 
