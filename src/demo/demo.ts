@@ -5,6 +5,7 @@
  * it, proves nothing acknowledged was lost, rebuilds the read models from
  * the depot and prints them. Every check that fails makes it exit non-zero.
  */
+
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -17,6 +18,7 @@ import type { BedsClientShape } from "../client/client.ts"
 import * as EmbeddedClient from "../client/embedded.ts"
 import type { LoadedConfig } from "../config/load.ts"
 import { DepotStore } from "../depot/store.ts"
+import { canonical } from "../internal/canonical.ts"
 import { ReadModelStore } from "../readmodel/store.ts"
 import { boot } from "../runtime/boot.ts"
 import { Engine, type EngineShape } from "../runtime/engine.ts"
@@ -366,16 +368,6 @@ export const runDemo = async (o: DemoOptions): Promise<boolean> => {
   )
   return failures.length === 0
 }
-
-/** A row as text with object keys sorted at every depth, so key order never makes two equal rows differ. */
-const canonical = (row: unknown): string =>
-  JSON.stringify(row, (_k, v: unknown) =>
-    v !== null && typeof v === "object" && !Array.isArray(v)
-      ? Object.fromEntries(
-          Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-        )
-      : v,
-  ) ?? ""
 
 /** Recomputes every read model from the depot apart and compares it with the stored one. */
 const verifyFold = async (session: Session) => {

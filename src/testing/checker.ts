@@ -5,8 +5,10 @@
  * at how the engine works, only at what it promised, so it judges any
  * engine, transport or adapter the same way.
  */
+
 import { Effect } from "effect"
 import type { Event } from "../depot/event.ts"
+import { canonical } from "../internal/canonical.ts"
 import * as Lineage from "../lineage/lineage-id.ts"
 import type { Declarations } from "../runtime/engine.ts"
 import { keyId, type Row } from "../template/template.ts"
@@ -60,15 +62,6 @@ export interface Violation {
   readonly check: string
   readonly message: string
 }
-
-const canonical = (v: unknown): string =>
-  JSON.stringify(v, (_k, x: unknown) =>
-    x !== null && typeof x === "object" && !Array.isArray(x)
-      ? Object.fromEntries(
-          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-        )
-      : x,
-  ) ?? "undefined"
 
 /** Rows of a template keyed by key id, for comparisons. */
 const byKey = (declarations: Declarations, template: string, rows: ReadonlyArray<Row>) => {
