@@ -20,7 +20,6 @@ import { fmt, percentile, progress } from "./support.ts"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const URL = "amqp://guest:guest@127.0.0.1:5672"
-const tsx = path.join(root, "node_modules", ".bin", "tsx")
 
 interface Rate {
   readonly perSec: number
@@ -151,7 +150,7 @@ export const runAmqp = async (n: number, inFlight: number): Promise<AmqpResult> 
   // (a) and (b)
   const baseline = async (mode: "echo" | "insert") => {
     const q = `bench.rpc.${mode}.${process.pid}`
-    const server = await start(tsx, [path.join(root, "bench/servers/rpc.ts"), mode, q])
+    const server = await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), mode, q])
     const client = await rpcClient(q)
     try {
       return await drive(`RPC ${mode}`, n, inFlight, client.call)

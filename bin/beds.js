@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// The `beds` command. BEDS ships TypeScript sources; tsx loads them. Effect 4
+// The `beds` command. BEDS ships TypeScript sources, written so that Node's
+// own type stripping runs them; tsx loads them where Node will not (inside
+// node_modules, or a Node without type stripping). Effect 4
 // needs Node >= 22.19: when started on an older node, re-run on the Node 22
 // that the package pins (node_modules/node), so `npx beds` works anywhere.
 import { spawnSync } from "node:child_process"
@@ -21,6 +23,10 @@ if (major < 22 || (major === 22 && minor < 19)) {
   const r = spawnSync(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: "inherit" })
   process.exit(r.status ?? 1)
 }
-const { register } = await import("tsx/esm/api")
-register()
+// Node strips types natively, but never inside node_modules.
+const native = process.features.typescript && !here.split(/[\\/]/).includes("node_modules")
+if (!native) {
+  const { register } = await import("tsx/esm/api")
+  register()
+}
 await import("../src/cli/main.ts")

@@ -1,7 +1,6 @@
 /**
  * balances: folds the accounts depot into one acc_balance row per account.
  */
-import { Effect } from "effect"
 import { accounts } from "../depots/accounts.ts"
 import * as Topology from "../src/topology/topology.ts"
 
@@ -39,11 +38,9 @@ export const balances = Topology.make({
   sources: [accounts],
   readModels: ["acc_balance"],
   description: "Current balance per account.",
-  handle: (event, ctx) =>
-    Effect.gen(function* () {
-      const current = (yield* ctx.get("acc_balance", event.key)) as Balance | undefined
-      const next = step(current, event.key, event.type, event.payload)
-      yield* ctx.put("acc_balance", next)
-      yield* ctx.reply({ balance: next.balance })
-    }),
+  step: (event, ctx) => {
+    const next = step(ctx.get("acc_balance", event.key) as Balance | undefined, event.key, event.type, event.payload)
+    ctx.put("acc_balance", next)
+    ctx.reply({ balance: next.balance })
+  },
 })

@@ -4,7 +4,6 @@
  * beside `balances`, which keeps acc_balance in MariaDB. Both topologies read
  * the same depot, so a `full` reply waits until both have applied the event.
  */
-import { Effect } from "effect"
 import { accounts } from "../depots/accounts.ts"
 import type { Event } from "../src/depot/event.ts"
 import * as Topology from "../src/topology/topology.ts"
@@ -104,9 +103,5 @@ export const ledger = Topology.make({
   sources: [accounts],
   readModels: ["ldg_account"],
   description: "Per-account ledger documents: recent entries, running totals, event counts.",
-  handle: (event, ctx) =>
-    Effect.gen(function* () {
-      const current = (yield* ctx.get("ldg_account", event.key)) as Ledger | undefined
-      yield* ctx.put("ldg_account", step(current, event))
-    }),
+  step: (event, ctx) => ctx.put("ldg_account", step(ctx.get("ldg_account", event.key) as Ledger | undefined, event)),
 })

@@ -5,7 +5,6 @@
  * read model: topologies run independently, so another topology's row may be
  * ahead of or behind the event being processed, and a replay would differ.
  */
-import { Effect } from "effect"
 import { accounts } from "../depots/accounts.ts"
 import * as Topology from "../src/topology/topology.ts"
 
@@ -19,23 +18,17 @@ export const overdraft = Topology.make({
   sources: [accounts],
   readModels: ["ovd_state"],
   description: "Flags withdrawals that overdraw an account, as events in the alerts depot.",
-  handle: Topology.match(accounts, {
-    Deposited: (p, event, ctx) =>
-      Effect.gen(function* () {
-        const before = balanceOf(yield* ctx.get("ovd_state", event.key))
-        yield* ctx.put("ovd_state", { account_id: event.key, balance: before + p.amount })
-      }),
-    Withdrawn: (p, event, ctx) =>
-      Effect.gen(function* () {
-        const before = balanceOf(yield* ctx.get("ovd_state", event.key))
-        const after = before - p.amount
-        yield* ctx.put("ovd_state", { account_id: event.key, balance: after })
-        if (before >= 0 && after < 0)
-          yield* ctx.emit("alerts", "OverdraftFlagged", event.key, {
-            account: event.key,
-            balance: after,
-            withdrawal: p.amount,
-          })
-      }),
+  step: Topology.matchStep(accounts, {
+    Deposited: (p, event, ctx) => {
+      const before = balanceOf(ctx.get("ovd_state", event.key))
+      ctx.put("ovd_state", { account_id: event.key, balance: before + p.amount })
+    },
+    Withdrawn: (p, event, ctx) => {
+      const before = balanceOf(ctx.get("ovd_state", event.key))
+      const after = before - p.amount
+      ctx.put("ovd_state", { account_id: event.key, balance: after })
+      if (before >= 0 && after < 0)
+        ctx.emit("alerts", "OverdraftFlagged", event.key, { account: event.key, balance: after, withdrawal: p.amount })
+    },
   }),
 })

@@ -99,10 +99,9 @@ class Client implements AmqpClient {
   private readonly depots = new Map<string, Promise<void>>()
   private closed = false
 
-  constructor(
-    url: string,
-    private readonly options: AmqpClientOptions,
-  ) {
+  private readonly options: AmqpClientOptions
+  constructor(url: string, options: AmqpClientOptions) {
+    this.options = options
     this.names = Topology.names(options.prefix)
     this.url = withHeartbeat(url, options.heartbeatS ?? 30)
   }

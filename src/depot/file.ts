@@ -478,10 +478,11 @@ class Chunks {
   buf: Buffer
   base = 0
   len = 0
-  constructor(
-    readonly handle: FileHandle,
-    readonly fileSize: number,
-  ) {
+  readonly handle: FileHandle
+  readonly fileSize: number
+  constructor(handle: FileHandle, fileSize: number) {
+    this.handle = handle
+    this.fileSize = fileSize
     this.buf = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(fileSize, FIXED)))
   }
   has(pos: number, n: number): boolean {
@@ -563,11 +564,14 @@ class FileStore {
   private opening: Promise<unknown> = Promise.resolve()
   private closed = false
 
-  private constructor(
-    readonly dataDir: string,
-    readonly root: string,
-    private readonly lockFile: string,
-  ) {}
+  readonly dataDir: string
+  readonly root: string
+  private readonly lockFile: string
+  private constructor(dataDir: string, root: string, lockFile: string) {
+    this.dataDir = dataDir
+    this.root = root
+    this.lockFile = lockFile
+  }
 
   /** Makes the folder, proves it writable and takes its lock. */
   static async create(dataDir: string): Promise<FileStore> {

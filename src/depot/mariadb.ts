@@ -152,10 +152,12 @@ const toRow = (e: Event): Array<unknown> => [
 
 /** Which unique index a duplicate-key error hit, carried out of the transaction. */
 class DuplicateKey {
-  constructor(
-    readonly index: "log" | "message" | "id",
-    readonly message: string,
-  ) {}
+  readonly index: "log" | "message" | "id"
+  readonly message: string
+  constructor(index: "log" | "message" | "id", message: string) {
+    this.index = index
+    this.message = message
+  }
 }
 
 const duplicateKey = (cause: unknown): DuplicateKey | undefined => {

@@ -197,7 +197,10 @@ class Tally {
   readonly counts = new Map<CheckName, number>(CHECKS.map((c) => [c.name, 0]))
   readonly listed: Array<Violation> = []
   private readonly listedPer = new Map<CheckName, number>()
-  constructor(private readonly cap: number) {}
+  private readonly cap: number
+  constructor(cap: number) {
+    this.cap = cap
+  }
 
   check(name: CheckName, n = 1): void {
     this.checked.set(name, (this.checked.get(name) ?? 0) + n)

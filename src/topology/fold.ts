@@ -9,7 +9,7 @@ import { Effect } from "effect"
 import type { Event } from "../depot/event.ts"
 import { getOrCreate } from "../internal/map.ts"
 import { keyId, keyOf, LAST_EVENT_COLUMN, type Row, type RowKey, type Template } from "../template/template.ts"
-import { type Topology, type TopologyContext, TopologyFailure } from "./topology.ts"
+import { asFailure, type StepContext, type Topology, type TopologyContext, TopologyFailure } from "./topology.ts"
 
 /** template name → keyId → row. */
 export type ModelState = Map<string, Map<string, Row>>
@@ -43,17 +43,40 @@ export const fold = (
       const m = getOrCreate(state, name, () => new Map())
       return m
     }
+    const putRow = (t: string, row: Row, id: string) => {
+      const tpl = byName.get(t)
+      if (tpl === undefined) return new TopologyFailure(`unknown template ${t}`, false)
+      table(t).set(keyId(keyOf(tpl, row)), { ...row, [LAST_EVENT_COLUMN]: id })
+      return undefined
+    }
     for (const event of events) {
       let n = 0
+      if (topology.step !== undefined) {
+        const stepCtx: StepContext = {
+          live: false,
+          get: (t, k) => table(t).get(keyId(norm(k))),
+          put: (t, row) => {
+            const failure = putRow(t, row, event.id)
+            if (failure) throw failure
+          },
+          remove: (t, k) => void table(t).delete(keyId(norm(k))),
+          emit: (depot, type, key, payload) => void emits.push({ parent: event.id, n: n++, depot, type, key, payload }),
+          reply: () => undefined,
+        }
+        try {
+          topology.step(event, stepCtx)
+        } catch (e) {
+          return yield* Effect.fail(asFailure(e))
+        }
+        continue
+      }
       const ctx: TopologyContext = {
         live: false,
         get: (t, k) => Effect.sync(() => table(t).get(keyId(norm(k)))),
         put: (t, row) =>
           Effect.suspend(() => {
-            const tpl = byName.get(t)
-            if (tpl === undefined) return Effect.fail(new TopologyFailure(`unknown template ${t}`, false))
-            table(t).set(keyId(keyOf(tpl, row)), { ...row, [LAST_EVENT_COLUMN]: event.id })
-            return Effect.void
+            const failure = putRow(t, row, event.id)
+            return failure ? Effect.fail(failure) : Effect.void
           }),
         remove: (t, k) => Effect.sync(() => void table(t).delete(keyId(norm(k)))),
         emit: (depot, type, key, payload) =>

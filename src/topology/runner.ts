@@ -22,7 +22,15 @@ import * as Lineage from "../lineage/lineage-id.ts"
 import { type CheckpointId, ReadModelStore, type RowWrite } from "../readmodel/store.ts"
 import { keyId, keyOf, LAST_EVENT_COLUMN, type Row, type RowKey, type Template } from "../template/template.ts"
 import { Progress } from "./progress.ts"
-import { type Topology, type TopologyContext, TopologyFailure } from "./topology.ts"
+import {
+  asFailure,
+  MISSING,
+  type Step,
+  type StepContext,
+  type Topology,
+  type TopologyContext,
+  TopologyFailure,
+} from "./topology.ts"
 
 export interface RunnerOptions {
   readonly batchMax: number
@@ -177,7 +185,7 @@ export const make = (
         status.next = next
         progress.advance(topology.name, depot.name, partition, next, new Map())
         const singleKeyModels = topology.readModels.filter((n) => templateByName.get(n)?.key.length === 1)
-        const apply = makeApplier(topology, templateByName, options, models, depotByName)
+        const { apply, applyNow } = makeApplier(topology, templateByName, options, models, depotByName)
 
         while (true) {
           const stop = options.until?.(depot.name, partition)
@@ -215,7 +223,7 @@ export const make = (
           let processed = 0
           let halted: string | undefined
           for (const event of events) {
-            const outcome = yield* apply(event, cache)
+            const outcome = applyNow(event, cache) ?? (yield* apply(event, cache))
             if (outcome._tag === "Failed") {
               if (topology.onFailure === "halt") {
                 halted = outcome.error
@@ -384,6 +392,66 @@ const makeApplier = (
   }
   const known = new Map([...templates].map(([name, t]) => [name, new Set(t.fields.map((f) => f.name))]))
 
+  /** Stages a put after checking it; a failure to fail the event with, or the row staged. */
+  const stagePut = (template: string, row: Row): TopologyFailure | { tpl: Template; key: RowKey; full: Row } => {
+    const tpl = writable(template)
+    if (tpl instanceof TopologyFailure) return tpl
+    const fields = known.get(template) as Set<string>
+    for (const field in row)
+      if (!fields.has(field) && field !== LAST_EVENT_COLUMN)
+        return new TopologyFailure(
+          `Topology "${topology.name}" wrote unknown field "${field}" to template "${template}" (${tpl.file}); known fields: ${[...fields].join(", ")}.`,
+          false,
+        )
+    for (const k of tpl.key)
+      if (row[k] === undefined || row[k] === null)
+        return new TopologyFailure(
+          `Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`,
+          false,
+        )
+    const key = keyOf(tpl, row)
+    const full = { ...row, [LAST_EVENT_COLUMN]: event.id }
+    stagedTable(template).set(keyId(key), { key, row: full })
+    return { tpl, key, full }
+  }
+  const stageRemove = (template: string, key: RowKey | string): TopologyFailure | undefined => {
+    const tpl = writable(template)
+    if (tpl instanceof TopologyFailure) return tpl
+    const k = normKey(key)
+    stagedTable(template).set(keyId(k), { key: k, row: null })
+    return undefined
+  }
+  const stageEmit = (depot: string, type: string, key: string, payload: unknown): TopologyFailure | undefined => {
+    const target = depots.get(depot)
+    if (target === undefined)
+      return new TopologyFailure(`Topology "${topology.name}" emitted into unknown depot "${depot}".`, false)
+    const decoded = DepotDecl.decodePayload(target, type, payload)
+    if (!decoded.ok)
+      return new TopologyFailure(
+        `Topology "${topology.name}" emitted an invalid event: ${decoded.error.message}`,
+        false,
+      )
+    staged.emits.push({ depot, type, key, payload: decoded.payload })
+    return undefined
+  }
+  /** The row as this event sees it: its own writes, then the batch's; undefined when not loaded yet. */
+  const peek = (template: string, id: string): { row: Row | undefined } | undefined => {
+    const own = staged.rows.get(template)
+    if (own?.has(id)) return { row: own.get(id)?.row ?? undefined }
+    const c = cache.get(template)
+    if (c?.has(id)) return { row: c.get(id) ?? undefined }
+    return undefined
+  }
+  // A document the store would refuse (over MongoDB's size limit, say) fails this event, so the
+  // topology's policy decides, instead of the whole batch failing at commit again and again.
+  const checkRec = (template: string, staged: { tpl: Template; key: RowKey; full: Row }) =>
+    staged.tpl.backend === "rec" && models.check !== undefined
+      ? Effect.mapError(
+          models.check([{ template, key: staged.key, row: staged.full }]),
+          (e) => new TopologyFailure(`Topology "${topology.name}" wrote a row the store refuses: ${e.message}`, false),
+        )
+      : Effect.void
+
   const ctx: TopologyContext = {
     live: options.live,
     get: (template, key) => {
@@ -391,10 +459,8 @@ const makeApplier = (
       if (tpl instanceof TopologyFailure) return Effect.fail(tpl)
       const k = normKey(key)
       const id = keyId(k)
-      const own = staged.rows.get(template)
-      if (own?.has(id)) return Effect.succeed(own.get(id)?.row ?? undefined)
-      const c = cache.get(template)
-      if (c?.has(id)) return Effect.succeed(c.get(id) ?? undefined)
+      const seen = peek(template, id)
+      if (seen !== undefined) return Effect.succeed(seen.row)
       const batchCache = cache
       return models.load(template, [k]).pipe(
         Effect.mapError(loadFailure),
@@ -407,57 +473,16 @@ const makeApplier = (
       )
     },
     put: (template, row) => {
-      const tpl = writable(template)
-      if (tpl instanceof TopologyFailure) return Effect.fail(tpl)
-      const fields = known.get(template) as Set<string>
-      for (const field in row)
-        if (!fields.has(field) && field !== LAST_EVENT_COLUMN)
-          return Effect.fail(
-            new TopologyFailure(
-              `Topology "${topology.name}" wrote unknown field "${field}" to template "${template}" (${tpl.file}); known fields: ${[...fields].join(", ")}.`,
-              false,
-            ),
-          )
-      for (const k of tpl.key)
-        if (row[k] === undefined || row[k] === null)
-          return Effect.fail(
-            new TopologyFailure(
-              `Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`,
-              false,
-            ),
-          )
-      const key = keyOf(tpl, row)
-      const full = { ...row, [LAST_EVENT_COLUMN]: event.id }
-      stagedTable(template).set(keyId(key), { key, row: full })
-      // A document the store would refuse (over MongoDB's size limit, say) fails this event, so the
-      // topology's policy decides, instead of the whole batch failing at commit again and again.
-      if (tpl.backend === "rec" && models.check !== undefined)
-        return Effect.mapError(
-          models.check([{ template, key, row: full }]),
-          (e) => new TopologyFailure(`Topology "${topology.name}" wrote a row the store refuses: ${e.message}`, false),
-        )
-      return Effect.void
+      const r = stagePut(template, row)
+      return r instanceof TopologyFailure ? Effect.fail(r) : checkRec(template, r)
     },
     remove: (template, key) => {
-      const tpl = writable(template)
-      if (tpl instanceof TopologyFailure) return Effect.fail(tpl)
-      const k = normKey(key)
-      stagedTable(template).set(keyId(k), { key: k, row: null })
-      return Effect.void
+      const failure = stageRemove(template, key)
+      return failure ? Effect.fail(failure) : Effect.void
     },
     emit: (depot, type, key, payload) => {
-      const target = depots.get(depot)
-      if (target === undefined)
-        return Effect.fail(
-          new TopologyFailure(`Topology "${topology.name}" emitted into unknown depot "${depot}".`, false),
-        )
-      const decoded = DepotDecl.decodePayload(target, type, payload)
-      if (!decoded.ok)
-        return Effect.fail(
-          new TopologyFailure(`Topology "${topology.name}" emitted an invalid event: ${decoded.error.message}`, false),
-        )
-      staged.emits.push({ depot, type, key, payload: decoded.payload })
-      return Effect.void
+      const failure = stageEmit(depot, type, key, payload)
+      return failure ? Effect.fail(failure) : Effect.void
     },
     reply: (value) =>
       Effect.sync(() => {
@@ -466,8 +491,95 @@ const makeApplier = (
       }),
   }
 
+  // The synchronous context of `step` topologies. A row not loaded yet is
+  // recorded in `missing` and thrown as MISSING; rows the store must check
+  // (REC) are collected in `recChecks` and checked once the step returns.
+  let missing: { template: string; key: RowKey } | undefined
+  let recChecks: Array<Effect.Effect<void, TopologyFailure>> = []
+  const stepCtx: StepContext = {
+    live: options.live,
+    get: (template, key) => {
+      const tpl = writable(template)
+      if (tpl instanceof TopologyFailure) throw tpl
+      const k = normKey(key)
+      const seen = peek(template, keyId(k))
+      if (seen !== undefined) return seen.row
+      missing = { template, key: k }
+      throw MISSING
+    },
+    put: (template, row) => {
+      const r = stagePut(template, row)
+      if (r instanceof TopologyFailure) throw r
+      if (r.tpl.backend === "rec" && models.check !== undefined) recChecks.push(checkRec(template, r))
+    },
+    remove: (template, key) => {
+      const failure = stageRemove(template, key)
+      if (failure) throw failure
+    },
+    emit: (depot, type, key, payload) => {
+      const failure = stageEmit(depot, type, key, payload)
+      if (failure) throw failure
+    },
+    reply: (value) => {
+      staged.reply = value
+      staged.hasReply = true
+    },
+  }
+  const step = topology.step
+
+  /**
+   * One synchronous attempt of a step: the staged writes, the row to load
+   * first, or the failure. Needs nothing async unless `recChecks` is non-empty.
+   */
+  const attemptStep = (
+    e: Event,
+    c: Map<string, Map<string, Row | null>>,
+  ): Staged | { readonly missing: { template: string; key: RowKey } } | TopologyFailure => {
+    event = e
+    cache = c
+    staged = { rows: new Map(), emits: [], reply: undefined, hasReply: false }
+    missing = undefined
+    recChecks = []
+    try {
+      ;(step as Step)(e, stepCtx)
+      return staged
+    } catch (err) {
+      if (err === MISSING && missing !== undefined) return { missing }
+      return asFailure(err)
+    }
+  }
+
+  /** Step topologies: applies an event without leaving the caller's loop, or undefined when it needs the Effect path. */
+  const applyNow = (e: Event, c: Map<string, Map<string, Row | null>>): ApplyOutcome | undefined => {
+    if (step === undefined) return undefined
+    const r = attemptStep(e, c)
+    return r instanceof TopologyFailure || "missing" in r || recChecks.length > 0
+      ? undefined
+      : { _tag: "Applied", staged: r }
+  }
+
+  /** Step topologies, the Effect path: loads missing rows, checks REC rows, retries failures. */
+  const attemptStepEffect = (e: Event, c: Map<string, Map<string, Row | null>>) =>
+    Effect.gen(function* () {
+      while (true) {
+        const r = attemptStep(e, c)
+        if (r instanceof TopologyFailure) return yield* Effect.fail(r)
+        if ("missing" in r) {
+          const { template, key } = r.missing
+          const rows = yield* Effect.mapError(models.load(template, [key]), loadFailure)
+          const id = keyId(key)
+          getOrCreate(c, template, () => new Map()).set(id, rows.get(id) ?? null)
+          continue
+        }
+        const checks = recChecks
+        for (const check of checks) yield* check
+        return r
+      }
+    })
+
   const attempt = (e: Event, c: Map<string, Map<string, Row | null>>) =>
     Effect.suspend(() => {
+      if (step !== undefined) return attemptStepEffect(e, c)
       event = e
       cache = c
       staged = { rows: new Map(), emits: [], reply: undefined, hasReply: false }
@@ -476,7 +588,7 @@ const makeApplier = (
     })
 
   /** Runs one event's handler, retrying with backoff; a handler that keeps failing yields Failed. */
-  return (e: Event, c: Map<string, Map<string, Row | null>>): Effect.Effect<ApplyOutcome> =>
+  const apply = (e: Event, c: Map<string, Map<string, Row | null>>): Effect.Effect<ApplyOutcome> =>
     Effect.gen(function* () {
       let tries = 0
       while (true) {
@@ -494,6 +606,7 @@ const makeApplier = (
         tries++
       }
     })
+  return { apply, applyNow }
 }
 
 export const layer = (

@@ -41,6 +41,28 @@ export class TopologyFailure extends Error {
 
 export type Handler = (event: Event, ctx: TopologyContext) => Effect.Effect<void, TopologyFailure>
 
+/**
+ * The synchronous twin of TopologyContext, for handlers that only fold rows
+ * (no I/O of their own). Failures are thrown as TopologyFailure. A `get` of a
+ * row the runner has not loaded yet suspends the event: the runner loads the
+ * row and runs the step again, so a step must not keep state of its own.
+ */
+export interface StepContext {
+  readonly get: (template: string, key: RowKey | string) => Row | undefined
+  readonly put: (template: string, row: Row) => void
+  readonly remove: (template: string, key: RowKey | string) => void
+  readonly emit: (depot: string, type: string, key: string, payload: unknown) => void
+  readonly reply: (value: unknown) => void
+  readonly live: boolean
+}
+
+/**
+ * A pure, synchronous handler. It runs without an Effect fiber per event,
+ * which makes it several times cheaper than a Handler: prefer it for
+ * projections, and use `handle` when a handler needs effects (I/O, time).
+ */
+export type Step = (event: Event, ctx: StepContext) => void
+
 /** What to do with an event whose handler still fails after its retries. */
 export type FailurePolicy = "halt" | "park"
 
@@ -51,7 +73,10 @@ export interface Topology {
   readonly sources: ReadonlyArray<Depot>
   /** Template names this topology writes. */
   readonly readModels: ReadonlyArray<string>
+  /** The handler; for a topology declared with `step`, an Effect wrapper of it. */
   readonly handle: Handler
+  /** Set when the topology was declared with a synchronous step; the runner then calls it directly. */
+  readonly step?: Step | undefined
   readonly onFailure: FailurePolicy
   /**
    * Rows to load in one query before a batch runs, per event. Default: the
@@ -62,16 +87,17 @@ export interface Topology {
 }
 
 /** Declares a topology. */
-export const make = (spec: {
-  readonly name: string
-  readonly version?: number
-  readonly sources: ReadonlyArray<Depot>
-  readonly readModels: ReadonlyArray<string>
-  readonly handle: Handler
-  readonly onFailure?: FailurePolicy
-  readonly prefetch?: Topology["prefetch"]
-  readonly description?: string
-}): Topology => {
+export const make = (
+  spec: {
+    readonly name: string
+    readonly version?: number
+    readonly sources: ReadonlyArray<Depot>
+    readonly readModels: ReadonlyArray<string>
+    readonly onFailure?: FailurePolicy
+    readonly prefetch?: Topology["prefetch"]
+    readonly description?: string
+  } & ({ readonly handle: Handler; readonly step?: never } | { readonly step: Step; readonly handle?: never }),
+): Topology => {
   if (!/^[a-z][a-z0-9_]{0,62}$/.test(spec.name))
     throw new DeclarationError({
       code: "BAD_TOPOLOGY",
@@ -84,7 +110,8 @@ export const make = (spec: {
     version: spec.version ?? 1,
     sources: spec.sources,
     readModels: spec.readModels,
-    handle: spec.handle,
+    handle: spec.step !== undefined ? stepHandler(spec.step) : spec.handle,
+    step: spec.step,
     onFailure: spec.onFailure ?? "halt",
     prefetch: spec.prefetch,
     description: spec.description,
@@ -116,4 +143,69 @@ export const match =
       >
     )[event.type]
     return h ? h(event.payload, event, ctx) : Effect.void
+  }
+
+/**
+ * A step as an Effect handler, for callers that only speak Handler. Its `get`
+ * reads rows the context already holds; a row it must load makes the step run
+ * again once loaded, as in the runner.
+ */
+const stepHandler =
+  (step: Step): Handler =>
+  (event, ctx) =>
+    Effect.suspend(() => {
+      const loaded = new Map<string, Row | undefined>()
+      const run = (): Effect.Effect<void, TopologyFailure> => {
+        const writes: Array<Effect.Effect<void, TopologyFailure>> = []
+        let missing: { template: string; key: RowKey | string } | undefined
+        const stepCtx: StepContext = {
+          live: ctx.live,
+          get: (template, key) => {
+            const id = `${template}\u0000${typeof key === "string" ? key : JSON.stringify(key)}`
+            if (loaded.has(id)) return loaded.get(id)
+            missing = { template, key }
+            throw MISSING
+          },
+          put: (template, row) => void writes.push(ctx.put(template, row)),
+          remove: (template, key) => void writes.push(ctx.remove(template, key)),
+          emit: (depot, type, key, payload) => void writes.push(ctx.emit(depot, type, key, payload)),
+          reply: (value) => void writes.push(ctx.reply(value)),
+        }
+        try {
+          step(event, stepCtx)
+        } catch (e) {
+          if (e === MISSING && missing !== undefined) {
+            const m = missing
+            const id = `${m.template}\u0000${typeof m.key === "string" ? m.key : JSON.stringify(m.key)}`
+            return Effect.flatMap(ctx.get(m.template, m.key), (row) => {
+              loaded.set(id, row)
+              return run()
+            })
+          }
+          return Effect.fail(asFailure(e))
+        }
+        return Effect.forEach(writes, (w) => w, { discard: true })
+      }
+      return run()
+    })
+
+/** Thrown by a StepContext's `get` to suspend the step until the row is loaded. */
+export const MISSING: unique symbol = Symbol("beds/topology/missing-row")
+
+/** A thrown value as a TopologyFailure: a thrown TopologyFailure keeps its retryability; anything else is a bug, retried. */
+export const asFailure = (e: unknown): TopologyFailure =>
+  e instanceof TopologyFailure
+    ? e
+    : new TopologyFailure(`the handler threw: ${e instanceof Error ? e.message : String(e)}`, true)
+
+type StepHandlers<E extends EventSchemas> = {
+  readonly [T in keyof E]?: (payload: PayloadOf<E, T>, event: Event, ctx: StepContext) => void
+}
+
+/** A step typed by a depot's event Schemas, like `match` for handlers. */
+export const matchStep =
+  <E extends EventSchemas>(_depot: Depot<E>, handlers: StepHandlers<E>): Step =>
+  (event, ctx) => {
+    const h = (handlers as Record<string, ((p: unknown, e: Event, c: StepContext) => void) | undefined>)[event.type]
+    if (h) h(event.payload, event, ctx)
   }

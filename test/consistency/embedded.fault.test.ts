@@ -157,10 +157,11 @@ class InProcessEngine {
   readonly armed = disarmed()
   private readonly models: ReadModelStoreShape
 
-  constructor(
-    private readonly openDepot: Effect.Effect<DepotStoreShape, StoreError, Scope.Scope>,
-    readonly rawModels: ReadModelStoreShape,
-  ) {
+  private readonly openDepot: Effect.Effect<DepotStoreShape, StoreError, Scope.Scope>
+  readonly rawModels: ReadModelStoreShape
+  constructor(openDepot: Effect.Effect<DepotStoreShape, StoreError, Scope.Scope>, rawModels: ReadModelStoreShape) {
+    this.openDepot = openDepot
+    this.rawModels = rawModels
     this.models = faultyModels(rawModels, this.armed)
   }
 
@@ -329,7 +330,10 @@ class ChildEngine {
   private correlation = 0
   lives = 0
 
-  constructor(private readonly dataDir: string) {}
+  private readonly dataDir: string
+  constructor(dataDir: string) {
+    this.dataDir = dataDir
+  }
 
   async start(): Promise<void> {
     const proc = await startEngine({ BEDS_ENV: "", BEDS__ENGINE__DATA_DIR: this.dataDir })

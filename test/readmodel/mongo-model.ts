@@ -123,8 +123,10 @@ export const applyUpdate = (doc: Document, update: Document): Document => {
 /** The server's answer to a duplicate `_id`. */
 export class DuplicateKey extends Error {
   readonly code = 11000
-  constructor(readonly index: number) {
+  readonly index: number
+  constructor(index: number) {
     super(`E11000 duplicate key error collection: model index: _id_ dup key`)
+    this.index = index
   }
 }
 
