@@ -34,6 +34,12 @@ import {
 
 export interface RunnerOptions {
   readonly batchMax: number
+  /**
+   * Batch size while a stream reads history from the store rather than the
+   * live tail (start-up catch-up, replays): bigger batches coalesce more
+   * events per row. Default: 10 × batchMax.
+   */
+  readonly catchUpBatchMax?: number | undefined
   /** Retries of a failing handler before the topology's policy applies. */
   readonly retries: number
   readonly retryBaseMs: number
@@ -68,12 +74,22 @@ export interface TopologyRunnerShape {
 
 export class TopologyRunner extends Context.Service<TopologyRunner, TopologyRunnerShape>()("beds/TopologyRunner") {}
 
+type Emit = { readonly depot: string; readonly type: string; readonly key: string; readonly payload: unknown }
+
+/** What an applied event left besides its rows (which go straight into the batch). */
 interface Staged {
-  /** template → keyId → the row's key and its new value (null: deleted). */
-  readonly rows: Map<string, Map<string, { readonly key: RowKey; readonly row: Row | null }>>
-  readonly emits: Array<{ depot: string; type: string; key: string; payload: unknown }>
+  emits: Array<Emit> | undefined
   reply: unknown
   hasReply: boolean
+}
+
+/**
+ * A batch being folded: every row it loaded or wrote (null: absent or
+ * deleted), and the keys of the rows it wrote.
+ */
+interface Batch {
+  readonly cache: Map<string, Map<string, Row | null>>
+  readonly dirty: Map<string, Map<string, RowKey>>
 }
 
 /** Events kept per partition for live streams; a stream further behind reads the store. */
@@ -191,9 +207,12 @@ export const make = (
           const stop = options.until?.(depot.name, partition)
           if (stop !== undefined && next >= stop) return
           const limit = stop === undefined ? options.batchMax : Math.min(options.batchMax, stop - next)
+          const catchUp = options.catchUpBatchMax ?? options.batchMax * 10
           const events =
             fromTail(depot.name, partition, next, limit) ??
-            (yield* retryStore(store.read(depot.name, partition, next, limit)))
+            (yield* retryStore(
+              store.read(depot.name, partition, next, stop === undefined ? catchUp : Math.min(catchUp, stop - next)),
+            ))
           if (events.length === 0) {
             yield* waitForAppend(depot.name, partition, next)
             continue
@@ -201,15 +220,18 @@ export const make = (
           // Load every row the batch will touch, one query per template.
           const cache = new Map<string, Map<string, Row | null>>()
           const wanted = new Map<string, Map<string, RowKey>>()
-          for (const e of events) {
-            const keys = topology.prefetch
-              ? topology.prefetch(e)
-              : singleKeyModels.map((template) => ({ template, key: [e.key] as RowKey }))
-            for (const { template, key } of keys) {
-              const m = getOrCreate(wanted, template, () => new Map())
-              m.set(keyId(key), key)
+          if (topology.prefetch)
+            for (const e of events)
+              for (const { template, key } of topology.prefetch(e)) {
+                const m = getOrCreate(wanted, template, () => new Map())
+                m.set(keyId(key), key)
+              }
+          else
+            for (const template of singleKeyModels) {
+              const m = new Map<string, RowKey>()
+              for (const e of events) if (!m.has(e.key)) m.set(e.key, [e.key])
+              wanted.set(template, m)
             }
-          }
           for (const [template, keys] of wanted) {
             const rows = yield* retryStore(models.load(template, [...keys.values()]))
             const m = new Map<string, Row | null>()
@@ -218,12 +240,13 @@ export const make = (
           }
 
           const dirty = new Map<string, Map<string, RowKey>>()
+          const batch: Batch = { cache, dirty }
           const replies = new Map<number, unknown>()
-          const derived: Array<{ parent: Event; emits: Staged["emits"] }> = []
+          const derived: Array<{ parent: Event; emits: Array<Emit> }> = []
           let processed = 0
           let halted: string | undefined
           for (const event of events) {
-            const outcome = applyNow(event, cache) ?? (yield* apply(event, cache))
+            const outcome = applyNow(event, batch) ?? (yield* apply(event, batch))
             if (outcome._tag === "Failed") {
               if (topology.onFailure === "halt") {
                 halted = outcome.error
@@ -237,23 +260,15 @@ export const make = (
               continue
             }
             const staged = outcome.staged
-            for (const [template, rows] of staged.rows) {
-              const c = getOrCreate(cache, template, () => new Map())
-              const d = getOrCreate(dirty, template, () => new Map())
-              for (const [id, { key, row }] of rows) {
-                c.set(id, row)
-                d.set(id, key)
-              }
-            }
             if (staged.hasReply) replies.set(event.offset, staged.reply)
-            if (staged.emits.length > 0) derived.push({ parent: event, emits: staged.emits })
+            if (staged.emits !== undefined) derived.push({ parent: event, emits: staged.emits })
             processed++
           }
 
           // Children first, checkpoint after: a crash in between re-runs the batch and the children dedupe.
           for (const { parent, emits } of derived)
             for (let n = 0; n < emits.length; n++) {
-              const emit = emits[n] as Staged["emits"][number]
+              const emit = emits[n] as Emit
               const target = depotByName.get(emit.depot) as Depot
               const childId = Lineage.derived(parent.id, topology.name, n)
               yield* writer.append(target.name, DepotDecl.partitionOf(emit.key, target.partitions), {
@@ -362,10 +377,10 @@ type ApplyOutcome =
   | { readonly _tag: "Failed"; readonly error: string }
 
 /**
- * Applies handlers to events one at a time against an overlay of the batch
- * cache; an event's overlay is merged only when its handler succeeded. One
- * context object serves a whole stream (its methods read the current event
- * and overlay), so the per-event cost is the handler's own.
+ * Applies handlers to events one at a time, writing straight into the batch
+ * and journaling what each write replaced, so a failed event is undone
+ * exactly. One context object serves a whole stream (its methods read the
+ * current event and batch), so the per-event cost is the handler's own.
  */
 const makeApplier = (
   topology: Topology,
@@ -375,8 +390,39 @@ const makeApplier = (
   depots: ReadonlyMap<string, Depot>,
 ) => {
   let event: Event
-  let staged: Staged
-  let cache: Map<string, Map<string, Row | null>>
+  const staged: Staged = { emits: undefined, reply: undefined, hasReply: false }
+  let batch: Batch
+  // Undo log of the current attempt, five slots per write: rows, dirty keys, id, previous row, previous key.
+  const journal: Array<unknown> = []
+  const begin = (e: Event, b: Batch) => {
+    event = e
+    batch = b
+    journal.length = 0
+    staged.emits = undefined
+    staged.reply = undefined
+    staged.hasReply = false
+  }
+  const undo = () => {
+    for (let i = journal.length - 5; i >= 0; i -= 5) {
+      const c = journal[i] as Map<string, Row | null>
+      const d = journal[i + 1] as Map<string, RowKey>
+      const id = journal[i + 2] as string
+      const prev = journal[i + 3] as Row | null | undefined
+      const prevKey = journal[i + 4] as RowKey | undefined
+      if (prev === undefined) c.delete(id)
+      else c.set(id, prev)
+      if (prevKey === undefined) d.delete(id)
+      else d.set(id, prevKey)
+    }
+    journal.length = 0
+  }
+  const write = (template: string, id: string, key: RowKey, row: Row | null) => {
+    const c = getOrCreate(batch.cache, template, () => new Map())
+    const d = getOrCreate(batch.dirty, template, () => new Map())
+    journal.push(c, d, id, c.get(id), d.get(id))
+    c.set(id, row)
+    d.set(id, key)
+  }
   const readable = new Set(topology.readModels)
   const writable = (template: string): Template | TopologyFailure =>
     readable.has(template)
@@ -386,10 +432,6 @@ const makeApplier = (
           false,
         )
   const normKey = (key: RowKey | string): RowKey => (typeof key === "string" ? [key] : key)
-  const stagedTable = (template: string) => {
-    const m = getOrCreate(staged.rows, template, () => new Map())
-    return m
-  }
   const known = new Map([...templates].map(([name, t]) => [name, new Set(t.fields.map((f) => f.name))]))
 
   /** Stages a put after checking it; a failure to fail the event with, or the row staged. */
@@ -411,14 +453,14 @@ const makeApplier = (
         )
     const key = keyOf(tpl, row)
     const full = { ...row, [LAST_EVENT_COLUMN]: event.id }
-    stagedTable(template).set(keyId(key), { key, row: full })
+    write(template, keyId(key), key, full)
     return { tpl, key, full }
   }
   const stageRemove = (template: string, key: RowKey | string): TopologyFailure | undefined => {
     const tpl = writable(template)
     if (tpl instanceof TopologyFailure) return tpl
     const k = normKey(key)
-    stagedTable(template).set(keyId(k), { key: k, row: null })
+    write(template, keyId(k), k, null)
     return undefined
   }
   const stageEmit = (depot: string, type: string, key: string, payload: unknown): TopologyFailure | undefined => {
@@ -431,17 +473,11 @@ const makeApplier = (
         `Topology "${topology.name}" emitted an invalid event: ${decoded.error.message}`,
         false,
       )
-    staged.emits.push({ depot, type, key, payload: decoded.payload })
+    ;(staged.emits ??= []).push({ depot, type, key, payload: decoded.payload })
     return undefined
   }
   /** The row as this event sees it: its own writes, then the batch's; undefined when not loaded yet. */
-  const peek = (template: string, id: string): { row: Row | undefined } | undefined => {
-    const own = staged.rows.get(template)
-    if (own?.has(id)) return { row: own.get(id)?.row ?? undefined }
-    const c = cache.get(template)
-    if (c?.has(id)) return { row: c.get(id) ?? undefined }
-    return undefined
-  }
+  const peek = (template: string, id: string): Row | null | undefined => batch.cache.get(template)?.get(id)
   // A document the store would refuse (over MongoDB's size limit, say) fails this event, so the
   // topology's policy decides, instead of the whole batch failing at commit again and again.
   const checkRec = (template: string, staged: { tpl: Template; key: RowKey; full: Row }) =>
@@ -460,8 +496,8 @@ const makeApplier = (
       const k = normKey(key)
       const id = keyId(k)
       const seen = peek(template, id)
-      if (seen !== undefined) return Effect.succeed(seen.row)
-      const batchCache = cache
+      if (seen !== undefined) return Effect.succeed(seen ?? undefined)
+      const batchCache = batch.cache
       return models.load(template, [k]).pipe(
         Effect.mapError(loadFailure),
         Effect.map((rows) => {
@@ -503,7 +539,7 @@ const makeApplier = (
       if (tpl instanceof TopologyFailure) throw tpl
       const k = normKey(key)
       const seen = peek(template, keyId(k))
-      if (seen !== undefined) return seen.row
+      if (seen !== undefined) return seen ?? undefined
       missing = { template, key: k }
       throw MISSING
     },
@@ -533,42 +569,46 @@ const makeApplier = (
    */
   const attemptStep = (
     e: Event,
-    c: Map<string, Map<string, Row | null>>,
+    b: Batch,
   ): Staged | { readonly missing: { template: string; key: RowKey } } | TopologyFailure => {
-    event = e
-    cache = c
-    staged = { rows: new Map(), emits: [], reply: undefined, hasReply: false }
+    begin(e, b)
     missing = undefined
-    recChecks = []
+    if (recChecks.length > 0) recChecks = []
     try {
       ;(step as Step)(e, stepCtx)
       return staged
     } catch (err) {
+      undo()
       if (err === MISSING && missing !== undefined) return { missing }
       return asFailure(err)
     }
   }
 
   /** Step topologies: applies an event without leaving the caller's loop, or undefined when it needs the Effect path. */
-  const applyNow = (e: Event, c: Map<string, Map<string, Row | null>>): ApplyOutcome | undefined => {
+  const applied: ApplyOutcome = { _tag: "Applied", staged }
+  const applyNow = (e: Event, b: Batch): ApplyOutcome | undefined => {
     if (step === undefined) return undefined
-    const r = attemptStep(e, c)
-    return r instanceof TopologyFailure || "missing" in r || recChecks.length > 0
-      ? undefined
-      : { _tag: "Applied", staged: r }
+    const r = attemptStep(e, b)
+    if (r !== staged) return undefined
+    if (recChecks.length > 0) {
+      // the Effect path runs the step again, with its checks
+      undo()
+      return undefined
+    }
+    return applied
   }
 
   /** Step topologies, the Effect path: loads missing rows, checks REC rows, retries failures. */
-  const attemptStepEffect = (e: Event, c: Map<string, Map<string, Row | null>>) =>
+  const attemptStepEffect = (e: Event, b: Batch) =>
     Effect.gen(function* () {
       while (true) {
-        const r = attemptStep(e, c)
+        const r = attemptStep(e, b)
         if (r instanceof TopologyFailure) return yield* Effect.fail(r)
         if ("missing" in r) {
           const { template, key } = r.missing
           const rows = yield* Effect.mapError(models.load(template, [key]), loadFailure)
           const id = keyId(key)
-          getOrCreate(c, template, () => new Map()).set(id, rows.get(id) ?? null)
+          getOrCreate(b.cache, template, () => new Map()).set(id, rows.get(id) ?? null)
           continue
         }
         const checks = recChecks
@@ -577,23 +617,21 @@ const makeApplier = (
       }
     })
 
-  const attempt = (e: Event, c: Map<string, Map<string, Row | null>>) =>
+  const attempt = (e: Event, b: Batch) =>
     Effect.suspend(() => {
-      if (step !== undefined) return attemptStepEffect(e, c)
-      event = e
-      cache = c
-      staged = { rows: new Map(), emits: [], reply: undefined, hasReply: false }
-      const mine = staged
-      return Effect.as(topology.handle(e, ctx), mine)
+      if (step !== undefined) return attemptStepEffect(e, b)
+      begin(e, b)
+      return Effect.as(topology.handle(e, ctx), staged)
     })
 
   /** Runs one event's handler, retrying with backoff; a handler that keeps failing yields Failed. */
-  const apply = (e: Event, c: Map<string, Map<string, Row | null>>): Effect.Effect<ApplyOutcome> =>
+  const apply = (e: Event, b: Batch): Effect.Effect<ApplyOutcome> =>
     Effect.gen(function* () {
       let tries = 0
       while (true) {
-        const exit = yield* Effect.exit(attempt(e, c))
-        if (exit._tag === "Success") return { _tag: "Applied", staged: exit.value } as const
+        const exit = yield* Effect.exit(attempt(e, b))
+        if (exit._tag === "Success") return applied
+        undo()
         const failure = exit.cause.reasons.find((r) => r._tag === "Fail" || r._tag === "Die")
         if (failure === undefined) return yield* Effect.interrupt
         const err =

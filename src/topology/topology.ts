@@ -146,45 +146,59 @@ export const match =
   }
 
 /**
- * A step as an Effect handler, for callers that only speak Handler. Its `get`
- * reads rows the context already holds; a row it must load makes the step run
- * again once loaded, as in the runner.
+ * A step as an Effect handler, for callers that only speak Handler. A `get`
+ * the context has not answered yet stops the step; the writes made before it
+ * are run through `ctx`, the row is read (so it reflects them), and the step
+ * runs again from the start, skipping the writes already made. Steps are
+ * deterministic, so each run repeats the same calls in the same order.
  */
 const stepHandler =
   (step: Step): Handler =>
   (event, ctx) =>
     Effect.suspend(() => {
-      const loaded = new Map<string, Row | undefined>()
+      // Answers by position of the `get` call, so a second read of a row after a put sees the put.
+      const answers: Array<{ readonly row: Row | undefined }> = []
+      let executed = 0
       const run = (): Effect.Effect<void, TopologyFailure> => {
-        const writes: Array<Effect.Effect<void, TopologyFailure>> = []
-        let missing: { template: string; key: RowKey | string } | undefined
+        const writes: Array<() => Effect.Effect<void, TopologyFailure>> = []
+        let gets = 0
+        let writeCalls = 0
+        let missing: { readonly at: number; readonly template: string; readonly key: RowKey | string } | undefined
+        const later = (write: () => Effect.Effect<void, TopologyFailure>) => {
+          if (writeCalls++ >= executed) writes.push(write)
+        }
         const stepCtx: StepContext = {
           live: ctx.live,
           get: (template, key) => {
-            const id = `${template}\u0000${typeof key === "string" ? key : JSON.stringify(key)}`
-            if (loaded.has(id)) return loaded.get(id)
-            missing = { template, key }
+            const at = gets++
+            const answer = answers[at]
+            if (answer !== undefined) return answer.row
+            missing = { at, template, key }
             throw MISSING
           },
-          put: (template, row) => void writes.push(ctx.put(template, row)),
-          remove: (template, key) => void writes.push(ctx.remove(template, key)),
-          emit: (depot, type, key, payload) => void writes.push(ctx.emit(depot, type, key, payload)),
-          reply: (value) => void writes.push(ctx.reply(value)),
+          put: (template, row) => later(() => ctx.put(template, row)),
+          remove: (template, key) => later(() => ctx.remove(template, key)),
+          emit: (depot, type, key, payload) => later(() => ctx.emit(depot, type, key, payload)),
+          reply: (value) => later(() => ctx.reply(value)),
         }
+        const runWrites = Effect.forEach(writes, (write) => write(), { discard: true })
         try {
           step(event, stepCtx)
         } catch (e) {
-          if (e === MISSING && missing !== undefined) {
-            const m = missing
-            const id = `${m.template}\u0000${typeof m.key === "string" ? m.key : JSON.stringify(m.key)}`
-            return Effect.flatMap(ctx.get(m.template, m.key), (row) => {
-              loaded.set(id, row)
+          if (e !== MISSING || missing === undefined) return Effect.fail(asFailure(e))
+          const m = missing
+          return runWrites.pipe(
+            Effect.andThen(() => {
+              executed += writes.length
+              return ctx.get(m.template, m.key)
+            }),
+            Effect.flatMap((row) => {
+              answers[m.at] = { row }
               return run()
-            })
-          }
-          return Effect.fail(asFailure(e))
+            }),
+          )
         }
-        return Effect.forEach(writes, (w) => w, { discard: true })
+        return runWrites
       }
       return run()
     })
