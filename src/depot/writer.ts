@@ -14,11 +14,12 @@ import type { Depot } from "./depot.ts"
 import type { AppendOutcome, AppendRequest, Event } from "./event.ts"
 import { DepotStore } from "./store.ts"
 
-type Resume = (effect: Effect.Effect<AppendOutcome, StoreError>) => void
+/** Receives an append's outcome, or the store's error. Called once. */
+export type AppendCallback = (result: AppendOutcome | StoreError) => void
 
 interface Pending {
   readonly request: AppendRequest
-  readonly resume: Resume
+  readonly done: AppendCallback
 }
 
 interface Partition {
@@ -42,6 +43,11 @@ export interface DepotWriterShape {
     partition: number,
     request: AppendRequest,
   ) => Effect.Effect<AppendOutcome, StoreError>
+  /**
+   * `append` for callers outside a fiber (transports): no Effect is built or
+   * run per append. `done` is called once, from the writer's commit.
+   */
+  readonly appendWith: (depot: string, partition: number, request: AppendRequest, done: AppendCallback) => void
   /** Registers a listener for committed appends (topology runners, followers). */
   readonly listen: (listener: AppendListener) => Effect.Effect<void>
   /** Commits in the lifetime of this writer, and the appends they carried. */
@@ -70,6 +76,15 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
     const retrying = <A>(effect: Effect.Effect<A, StoreError>) =>
       Effect.retry(effect, { schedule: retryPolicy, while: (e) => e.retryable })
 
+    /** Answers a pending append; a callback that throws cannot stop the others being answered. */
+    const deliver = (p: Pending, result: AppendOutcome | StoreError) => {
+      try {
+        p.done(result)
+      } catch (e) {
+        Effect.runFork(Effect.logError(`an append's reply callback threw: ${String(e)}`))
+      }
+    }
+
     const storeAppend = (depot: string, partition: number, batch: ReadonlyArray<Pending>) =>
       Effect.map(
         retrying(
@@ -94,8 +109,7 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
             const head = (fresh[fresh.length - 1] as Event).offset + 1
             for (const l of listeners) l(depot, partition, fresh, head)
           }
-          for (let i = 0; i < batch.length; i++)
-            (batch[i] as Pending).resume(Effect.succeed(outcomes[i] as AppendOutcome))
+          for (let i = 0; i < batch.length; i++) deliver(batch[i] as Pending, outcomes[i] as AppendOutcome)
         },
       )
 
@@ -105,9 +119,10 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
      * then the batch is cut before the child, the prefix committed, and the
      * child checked again.
      */
-    const commit = (depot: string, partition: number, batch: ReadonlyArray<Pending>): Effect.Effect<void> =>
-      Effect.gen(function* () {
-        let rest = batch
+    const commit = (depot: string, partition: number, batch: ReadonlyArray<Pending>): Effect.Effect<void> => {
+      // Appends not answered yet: on a failure, exactly these get the error.
+      let rest = batch
+      return Effect.gen(function* () {
         while (rest.length > 0) {
           let cut = rest.length
           for (let i = 0; i < rest.length; i++) {
@@ -120,7 +135,7 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
           if (cut === 0) {
             // The first request's parent is neither stored nor earlier in this batch.
             const first = rest[0] as Pending
-            first.resume(Effect.succeed({ _tag: "UnknownParent", parent: first.request.parent as string }))
+            deliver(first, { _tag: "UnknownParent", parent: first.request.parent as string })
             rest = rest.slice(1)
             continue
           }
@@ -130,11 +145,11 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
       }).pipe(
         Effect.catch((error: StoreError) =>
           Effect.sync(() => {
-            // Resuming twice is harmless: a resumed callback ignores later calls.
-            for (const p of batch) p.resume(Effect.fail(error))
+            for (const p of rest) deliver(p, error)
           }),
         ),
       )
+    }
 
     const take = (p: Partition): Array<Pending> => {
       const batch = p.pending.length <= options.batchMax ? p.pending : p.pending.slice(0, options.batchMax)
@@ -169,18 +184,29 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
       }
     yield* Effect.addFinalizer(() => Effect.forEach(fibers, Fiber.interrupt, { discard: true }))
 
+    const appendWith: DepotWriterShape["appendWith"] = (depot, partition, request, done) => {
+      const p = partitions.get(`${depot}/${partition}`)
+      if (p === undefined) throw new Error(`no writer for ${depot}/${partition}`)
+      const pending = { request, done }
+      if (p.pending.length >= options.inFlight) p.blocked.push(pending)
+      else p.pending.push(pending)
+      p.wake?.()
+    }
+
     const append: DepotWriterShape["append"] = (depot, partition, request) =>
       Effect.callback<AppendOutcome, StoreError>((resume) => {
-        const p = partitions.get(`${depot}/${partition}`)
-        if (p === undefined) return resume(Effect.die(new Error(`no writer for ${depot}/${partition}`)))
-        const pending = { request, resume }
-        if (p.pending.length >= options.inFlight) p.blocked.push(pending)
-        else p.pending.push(pending)
-        p.wake?.()
+        try {
+          appendWith(depot, partition, request, (r) =>
+            resume(r._tag === "StoreError" ? Effect.fail(r) : Effect.succeed(r)),
+          )
+        } catch (e) {
+          resume(Effect.die(e))
+        }
       })
 
     return DepotWriter.of({
       append,
+      appendWith,
       listen: (l) => Effect.sync(() => void listeners.push(l)),
       stats: () => ({ ...stats }),
     })

@@ -196,41 +196,46 @@ const replayWriter = (
   counts: DerivedCounts,
   mode: "append" | "skip",
   delegate: DepotWriterShape | undefined,
-): DepotWriterShape => ({
-  append: (depot, partition, request) =>
-    Effect.gen(function* () {
-      const existing = yield* retryable(store.byMessageId(depot, request.messageId))
-      if (existing !== undefined) {
-        counts.existing++
-        return { _tag: "Appended", event: existing, duplicate: true } as const
-      }
-      if (mode === "skip") {
-        counts.skipped++
-        const event: Event = {
-          id: request.childId ?? request.messageId,
-          depot,
-          partition,
-          offset: -1,
-          type: request.type,
-          key: request.key,
-          version: 0,
-          payload: request.payload,
-          time: request.time,
-          parent: request.parent ?? null,
-          root: request.parent ?? request.messageId,
-          messageId: request.messageId,
-          metadata: {},
+): DepotWriterShape => {
+  const writer: DepotWriterShape = {
+    append: (depot, partition, request) =>
+      Effect.gen(function* () {
+        const existing = yield* retryable(store.byMessageId(depot, request.messageId))
+        if (existing !== undefined) {
+          counts.existing++
+          return { _tag: "Appended", event: existing, duplicate: true } as const
         }
-        return { _tag: "Appended", event, duplicate: false } as const
-      }
-      counts.appended++
-      if (delegate !== undefined) return yield* delegate.append(depot, partition, request)
-      const [outcome] = yield* retryable(store.append(depot, partition, [request]))
-      return outcome as NonNullable<typeof outcome>
-    }),
-  listen: () => Effect.void,
-  stats: () => ({ commits: counts.appended, appends: counts.appended }),
-})
+        if (mode === "skip") {
+          counts.skipped++
+          const event: Event = {
+            id: request.childId ?? request.messageId,
+            depot,
+            partition,
+            offset: -1,
+            type: request.type,
+            key: request.key,
+            version: 0,
+            payload: request.payload,
+            time: request.time,
+            parent: request.parent ?? null,
+            root: request.parent ?? request.messageId,
+            messageId: request.messageId,
+            metadata: {},
+          }
+          return { _tag: "Appended", event, duplicate: false } as const
+        }
+        counts.appended++
+        if (delegate !== undefined) return yield* delegate.append(depot, partition, request)
+        const [outcome] = yield* retryable(store.append(depot, partition, [request]))
+        return outcome as NonNullable<typeof outcome>
+      }),
+    appendWith: (depot, partition, request, done) =>
+      void Effect.runFork(Effect.match(writer.append(depot, partition, request), { onFailure: done, onSuccess: done })),
+    listen: () => Effect.void,
+    stats: () => ({ commits: counts.appended, appends: counts.appended }),
+  }
+  return writer
+}
 
 /** The declared topology of that name, or UNKNOWN_TOPOLOGY naming the known ones. */
 export const findTopology = (declarations: Declarations, name: string): Topology | ReplayError =>

@@ -52,6 +52,11 @@ export interface EngineShape {
   readonly declarations: Declarations
   /** Handles a command from any transport; never fails (refusals are error replies). */
   readonly submit: (command: IncomingCommand) => Effect.Effect<Reply>
+  /**
+   * `submit` for transports: no fiber per command. Calls `done` once with the
+   * reply; returns a cancel that drops a reply not sent yet.
+   */
+  readonly submitWith: (command: IncomingCommand, done: (reply: Reply) => void) => () => void
   /** The in-process API: append one event and get its reply. */
   readonly publish: (
     depot: string,
@@ -107,6 +112,8 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
     }
     const deps = { depots, store, writer, progress, options: ingressOptions }
     const submit = (command: IncomingCommand) => Ingress.handle(deps, command)
+    const submitWith = (command: IncomingCommand, done: (reply: Reply) => void) =>
+      Ingress.handleWith(deps, command, done)
 
     const heads = Effect.forEach(declarations.depots, (d) =>
       Effect.map(
@@ -140,6 +147,7 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
     return Engine.of({
       declarations,
       submit,
+      submitWith,
       publish: (depot, type, key, payload, o) =>
         submit({
           depot,

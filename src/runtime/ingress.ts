@@ -178,28 +178,36 @@ const okReply = (ack: AckLevel, outcome: Extract<AppendOutcome, { _tag: "Appende
 
 /**
  * Handles one command end to end: validate, append through group commit,
- * wait for topologies at `full`. Resolves with the reply to send (also for
- * `none`, where the transport sends nothing).
+ * wait for topologies at `full`. Calls `done` once with the reply to send
+ * (also for `none`, where the transport sends nothing). Callback-shaped, not
+ * an Effect: this runs once per command, and a transport should not need a
+ * fiber per command. Returns a cancel for a `full` wait that is no longer
+ * wanted.
  */
-export const handle = (
-  deps: {
-    readonly depots: ReadonlyMap<string, Depot>
-    readonly store: DepotStoreShape
-    readonly writer: DepotWriterShape
-    readonly progress: ProgressShape
-    readonly options: IngressOptions
-  },
-  command: IncomingCommand,
-): Effect.Effect<Reply> => {
-  // Written as a plain chain, not a generator: this runs once per command.
+export const handleWith = (deps: IngressDeps, command: IncomingCommand, done: (reply: Reply) => void): (() => void) => {
   const accepted = validate(deps.depots, command, deps.options)
-  if (accepted instanceof CommandRejected) return Effect.succeed(errorReply(accepted))
+  if (accepted instanceof CommandRejected) {
+    done(errorReply(accepted))
+    return noop
+  }
   const { depot, partition, ack, request } = accepted
   const checkParent = request.parent !== undefined && !deps.options.allowExternalParents
-  return deps.writer.append(depot.name, partition, checkParent ? { ...request, checkParent } : request).pipe(
-    Effect.flatMap((outcome): Effect.Effect<Reply> => {
-      if (outcome._tag === "UnknownParent")
-        return Effect.succeed(
+  let cancel: () => void = noop
+  let cancelled = false
+  deps.writer.appendWith(depot.name, partition, checkParent ? { ...request, checkParent } : request, (outcome) => {
+    if (cancelled) return
+    switch (outcome._tag) {
+      case "StoreError":
+        return done(
+          errorReply(
+            reject(
+              outcome.code === "FENCED" ? "FENCED" : "UNAVAILABLE",
+              `${outcome.message}${outcome.retryable ? " The command was not appended; retry it with the same message_id." : ""}`,
+            ),
+          ),
+        )
+      case "UnknownParent":
+        return done(
           errorReply(
             reject(
               "UNKNOWN_PARENT",
@@ -207,8 +215,8 @@ export const handle = (
             ),
           ),
         )
-      if (outcome._tag === "VersionConflict")
-        return Effect.succeed(
+      case "VersionConflict":
+        return done(
           errorReply(
             reject(
               "VERSION_CONFLICT",
@@ -217,27 +225,34 @@ export const handle = (
             ),
           ),
         )
-      const reply = okReply(ack, outcome)
-      if (ack !== "full") return Effect.succeed(reply)
-      // A duplicate may name another key, hence another partition: wait on the original's.
-      return Effect.map(
-        deps.progress.applied(depot.name, outcome.event.partition, outcome.event.offset),
-        (applied) => ({
-          ...reply,
-          applied: applied.topologies,
-          values: applied.values,
-        }),
-      )
-    }),
-    Effect.catchTag("StoreError", (e) =>
-      Effect.succeed(
-        errorReply(
-          reject(
-            e.code === "FENCED" ? "FENCED" : "UNAVAILABLE",
-            `${e.message}${e.retryable ? " The command was not appended; retry it with the same message_id." : ""}`,
-          ),
-        ),
-      ),
-    ),
-  )
+    }
+    const reply = okReply(ack, outcome)
+    if (ack !== "full") return done(reply)
+    // A duplicate may name another key, hence another partition: wait on the original's.
+    cancel = deps.progress.whenApplied(depot.name, outcome.event.partition, outcome.event.offset, (applied) =>
+      done({ ...reply, applied: applied.topologies, values: applied.values }),
+    )
+  })
+  return () => {
+    cancelled = true
+    cancel()
+  }
+}
+
+/** `handleWith` as an Effect; interrupting it drops the reply (the append itself goes on). */
+export const handle = (deps: IngressDeps, command: IncomingCommand): Effect.Effect<Reply> =>
+  Effect.callback<Reply>((resume) => {
+    const cancel = handleWith(deps, command, (reply) => resume(Effect.succeed(reply)))
+    return Effect.sync(cancel)
+  })
+
+const noop = () => undefined
+
+/** What ingress needs from the engine. */
+export interface IngressDeps {
+  readonly depots: ReadonlyMap<string, Depot>
+  readonly store: DepotStoreShape
+  readonly writer: DepotWriterShape
+  readonly progress: ProgressShape
+  readonly options: IngressOptions
 }

@@ -28,6 +28,8 @@ export interface ProgressShape {
   readonly position: (topology: string, depot: string, partition: number) => number
   /** Resolves once every topology consuming `depot` has applied `offset`. */
   readonly applied: (depot: string, partition: number, offset: number) => Effect.Effect<Applied>
+  /** `applied` for callers outside a fiber: calls `done` once (maybe at once); returns a cancel. */
+  readonly whenApplied: (depot: string, partition: number, offset: number, done: (a: Applied) => void) => () => void
   /** The topologies consuming a depot. */
   readonly consumers: (depot: string) => ReadonlyArray<string>
 }
@@ -83,6 +85,23 @@ export const make = (): ProgressShape => {
     list.splice(i, 0, w)
   }
 
+  const noop = () => undefined
+  const whenApplied: ProgressShape["whenApplied"] = (depot, partition, offset, done) => {
+    if (offset < minPosition(depot, partition)) {
+      done({ topologies: consumers.get(depot) ?? [], values: valuesFor(depot, partition, offset) })
+      return noop
+    }
+    const key = pk(depot, partition)
+    const list = getOrCreate(waiters, key, () => [])
+    const waiter: Waiter = { offset, resume: done }
+    insertSorted(list, waiter)
+    return () => {
+      const l = waiters.get(key)
+      const i = l ? l.indexOf(waiter) : -1
+      if (l && i >= 0) l.splice(i, 1)
+    }
+  }
+
   return {
     register: (topology, depot) => {
       const list = consumers.get(depot) ?? []
@@ -107,22 +126,10 @@ export const make = (): ProgressShape => {
     consumers: (depot) => consumers.get(depot) ?? [],
     applied: (depot, partition, offset) =>
       Effect.callback<Applied>((resume) => {
-        if (offset < minPosition(depot, partition)) {
-          resume(
-            Effect.succeed({ topologies: consumers.get(depot) ?? [], values: valuesFor(depot, partition, offset) }),
-          )
-          return
-        }
-        const key = pk(depot, partition)
-        const list = getOrCreate(waiters, key, () => [])
-        const waiter: Waiter = { offset, resume: (a) => resume(Effect.succeed(a)) }
-        insertSorted(list, waiter)
-        return Effect.sync(() => {
-          const l = waiters.get(key)
-          const i = l ? l.indexOf(waiter) : -1
-          if (l && i >= 0) l.splice(i, 1)
-        })
+        const cancel = whenApplied(depot, partition, offset, (a) => resume(Effect.succeed(a)))
+        return Effect.sync(cancel)
       }),
+    whenApplied,
   }
 }
 

@@ -473,7 +473,8 @@ const makeApplier = (
         `Topology "${topology.name}" emitted an invalid event: ${decoded.error.message}`,
         false,
       )
-    ;(staged.emits ??= []).push({ depot, type, key, payload: decoded.payload })
+    if (staged.emits === undefined) staged.emits = []
+    staged.emits.push({ depot, type, key, payload: decoded.payload })
     return undefined
   }
   /** The row as this event sees it: its own writes, then the batch's; undefined when not loaded yet. */

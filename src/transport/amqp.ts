@@ -18,7 +18,7 @@
  * topology re-declared and the consumers resumed.
  */
 import * as amqp from "amqplib"
-import { Cause, Context, Data, Effect, Exit, Fiber, Layer, Schedule, type Scope } from "effect"
+import { Cause, Context, Data, Effect, Fiber, Layer, Schedule, type Scope } from "effect"
 import * as Topology from "../broker/topology.ts"
 import type { Config } from "../config/schema.ts"
 import { CommandRejected } from "../errors.ts"
@@ -201,7 +201,6 @@ export const make = (
   Effect.gen(function* () {
     const engine: EngineShape = yield* Engine
     const context = yield* Effect.context<never>()
-    const runCallback = Effect.runCallbackWith(context)
     const log = (level: "info" | "warn" | "error", message: string) =>
       Effect.runForkWith(context)(
         level === "info"
@@ -369,17 +368,11 @@ export const make = (
           return
         }
         // Started synchronously, so commands enter the engine in delivery order.
-        runCallback(engine.submit(command), {
-          onExit: (exit) =>
-            void settle(
-              session,
-              channel,
-              queue,
-              depot,
-              message,
-              Exit.isSuccess(exit) ? exit.value : internalReply(exit.cause),
-            ),
-        })
+        try {
+          engine.submitWith(command, (reply) => void settle(session, channel, queue, depot, message, reply))
+        } catch (e) {
+          void settle(session, channel, queue, depot, message, internalReply(Cause.die(e)))
+        }
       }
     }
 

@@ -256,6 +256,13 @@ describe.runIf(available)("AMQP transport", () => {
               }),
             )
           : e.submit(command),
+      submitWith: (command, done) => {
+        if (command.messageId === undefined || !stallOnce.delete(command.messageId)) return e.submitWith(command, done)
+        return e.submitWith(command, (reply) => {
+          stalled.set(command.messageId as string, reply)
+          release.push(() => done(reply))
+        })
+      },
     })
 
     let running: Awaited<ReturnType<typeof startEngine>>
