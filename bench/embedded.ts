@@ -10,6 +10,8 @@ import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { accounts } from "../depots/accounts.ts"
 import { balances } from "../projections/balances.ts"
 import * as EmbeddedClient from "../src/client/embedded.ts"
+import { partitionOf } from "../src/depot/depot.ts"
+import type { AppendRequest } from "../src/depot/event.ts"
 import * as FileDepot from "../src/depot/file.ts"
 import { DepotStore } from "../src/depot/store.ts"
 import * as MemoryModels from "../src/readmodel/memory.ts"
@@ -85,16 +87,21 @@ export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: nu
         let total = 0
         for (let p = 0; p < accounts.partitions; p++) total += yield* store.head("accounts", p)
         const bar = progress("filling the depot", rebuildEvents)
+        // Each key in the partition the engine would route it to, as every append through the engine is.
         for (let i = total; i < rebuildEvents; i += 4000) {
-          const requests = Array.from({ length: Math.min(4000, rebuildEvents - i) }, (_, j) => ({
-            messageId: `fill-${i + j}`,
-            type: "Deposited",
-            key: `acc-${(i + j) % 10_000}`,
-            payload: { amount: 7 },
-            time: Date.now(),
-          }))
-          yield* store.append("accounts", i % accounts.partitions, requests)
-          bar.update(i + requests.length)
+          const byPartition = Array.from({ length: accounts.partitions }, () => [] as Array<AppendRequest>)
+          for (let j = i; j < Math.min(i + 4000, rebuildEvents); j++) {
+            const key = `acc-${j % 10_000}`
+            byPartition[partitionOf(key, accounts.partitions)]?.push({
+              messageId: `fill-${j}`,
+              type: "Deposited",
+              key,
+              payload: { amount: 7 },
+              time: Date.now(),
+            })
+          }
+          for (let p = 0; p < accounts.partitions; p++) yield* store.append("accounts", p, byPartition[p] ?? [])
+          bar.update(Math.min(i + 4000, rebuildEvents))
         }
         bar.stop()
       }).pipe(Effect.provide(FileDepot.layer(dir)), Effect.scoped),

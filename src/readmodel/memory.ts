@@ -82,6 +82,17 @@ const deepFreeze = <T>(value: T): T => {
   return value
 }
 
+const uniqueCache = new WeakMap<Template, ReadonlyArray<Template["indexes"][number]>>()
+/** A template's unique indexes, worked out once per template. */
+const uniqueIndexes = (t: Template): ReadonlyArray<Template["indexes"][number]> => {
+  let u = uniqueCache.get(t)
+  if (u === undefined) {
+    u = t.indexes.filter((i) => i.unique)
+    uniqueCache.set(t, u)
+  }
+  return u
+}
+
 /** A frozen copy of a row; nested values (json fields) are copied too, the caller's objects are left alone. */
 const freezeRow = (row: Row): Row => {
   const copy: Record<string, unknown> = {}
@@ -225,7 +236,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
       const k = checkKey(t.template, w.key)
       if (!k.ok) return failed(`Commit refused: ${k.problem}. Nothing was written.`)
       const id = keyId(k.value)
-      const touch = JSON.stringify([w.template, id])
+      const touch = `${w.template}\u0000${id}`
       if (seen.has(touch))
         return failed(`Commit refused: ${w.template} row ${describeKey(k.value)} is written twice in one batch.`)
       seen.add(touch)
@@ -255,7 +266,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
     // value ids claimed or freed by this batch, per table and index, over the stored ones
     const overlay = new Map<string, Map<string, string | null>>()
     for (const s of steps) {
-      const indexes = s.table.template.indexes.filter((i) => i.unique)
+      const indexes = uniqueIndexes(s.table.template)
       if (indexes.length === 0) continue
       // each row appears once per batch, so its stored state is its state before this step
       const old = s.table.rows.get(s.id)
@@ -283,7 +294,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
   const apply = (steps: ReadonlyArray<Step>): void => {
     for (const s of steps) {
       const old = s.table.rows.get(s.id)
-      for (const index of s.table.template.indexes.filter((i) => i.unique)) {
+      for (const index of uniqueIndexes(s.table.template)) {
         const map = s.table.unique.get(index.name) as Map<string, string>
         const before = old ? uniqueValue(index.fields, old) : undefined
         if (before !== undefined && map.get(before) === s.id) map.delete(before)

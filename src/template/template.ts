@@ -392,6 +392,26 @@ const checkShaped = (where: string, shape: Shape, value: unknown): Checked<unkno
  * caller's reference. Shaped (REC) values are checked all the way down.
  */
 export const checkValue = (template: Template, field: Field, value: unknown): Checked<unknown> => {
+  // Fast paths for plainly valid scalars (rows are checked on every commit); anything else takes the full check.
+  if (field.shape === undefined)
+    switch (field.type) {
+      case "int":
+        if (typeof value === "number" && Number.isSafeInteger(value)) return ok(value === 0 ? 0 : value)
+        break
+      case "float":
+        if (typeof value === "number" && Number.isFinite(value)) return ok(value === 0 ? 0 : value)
+        break
+      case "bool":
+        if (typeof value === "boolean") return ok(value)
+        break
+      case "string":
+        // length counts UTF-16 units, never fewer than code points
+        if (typeof value === "string" && value.length <= (field.max ?? 0) && isWellFormed(value)) return ok(value)
+        break
+      case "enum":
+        if (typeof value === "string" && field.values?.includes(value) === true) return ok(value)
+        break
+    }
   const where = `${template.name}.${field.name}`
   if (value === null)
     return field.nullable ? ok(null) : problem(`${where}: null is not allowed: the field is not nullable`)

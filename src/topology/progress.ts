@@ -16,13 +16,17 @@ export interface Applied {
 export interface ProgressShape {
   /** Declares that `topology` consumes `depot` (before it starts). */
   readonly register: (topology: string, depot: string) => void
-  /** A topology committed everything below `next` on a partition; `values` are its replies by offset. */
+  /**
+   * A topology committed everything below `next` on a partition; `values[i]`
+   * is its reply to the event at offset `first + i` (undefined: none).
+   */
   readonly advance: (
     topology: string,
     depot: string,
     partition: number,
     next: number,
-    values: ReadonlyMap<number, unknown>,
+    first: number,
+    values: ReadonlyArray<unknown>,
   ) => void
   /** The next offset a topology will process on a partition. */
   readonly position: (topology: string, depot: string, partition: number) => number
@@ -41,8 +45,12 @@ interface Waiter {
   readonly resume: (a: Applied) => void
 }
 
-/** Replies kept per partition for waiters that register after the topology passed (a short race). */
-const RECENT_VALUES = 4096
+/**
+ * Replies kept per partition, for waiters that register after the topology
+ * passed (a short race) and for waiters on other topologies still behind.
+ * Above the largest batch a runner commits (catch-up batches included).
+ */
+const RECENT_VALUES = 32_768
 
 export const make = (): ProgressShape => {
   const consumers = new Map<string, Array<string>>()
@@ -108,12 +116,15 @@ export const make = (): ProgressShape => {
       if (!list.includes(topology)) list.push(topology)
       consumers.set(depot, list)
     },
-    advance: (topology, depot, partition, next, values) => {
+    advance: (topology, depot, partition, next, first, values) => {
       positions.set(`${topology}|${depot}/${partition}`, next)
-      if (values.size > 0) {
+      if (values.length > 0) {
         const key = pk(depot, partition)
         const ring = getOrCreate(recent, key, () => new Array(RECENT_VALUES))
-        for (const [offset, value] of values) {
+        for (let j = Math.max(0, values.length - RECENT_VALUES); j < values.length; j++) {
+          const value = values[j]
+          if (value === undefined) continue
+          const offset = first + j
           const i = offset % RECENT_VALUES
           let slot = ring[i]
           if (slot === undefined || slot.offset !== offset) ring[i] = slot = { offset, values: {} }

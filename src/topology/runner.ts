@@ -92,6 +92,8 @@ interface Batch {
   readonly dirty: Map<string, Map<string, RowKey>>
 }
 
+const NO_REPLIES: ReadonlyArray<unknown> = []
+
 /** Events kept per partition for live streams; a stream further behind reads the store. */
 const TAIL_MAX = 20_000
 
@@ -199,7 +201,7 @@ export const make = (
         statuses.set(key, status)
         let next = yield* retryStore(models.checkpoint(cp))
         status.next = next
-        progress.advance(topology.name, depot.name, partition, next, new Map())
+        progress.advance(topology.name, depot.name, partition, next, next, NO_REPLIES)
         const singleKeyModels = topology.readModels.filter((n) => templateByName.get(n)?.key.length === 1)
         const { apply, applyNow } = makeApplier(topology, templateByName, options, models, depotByName)
 
@@ -241,7 +243,8 @@ export const make = (
 
           const dirty = new Map<string, Map<string, RowKey>>()
           const batch: Batch = { cache, dirty }
-          const replies = new Map<number, unknown>()
+          // Reply values by position in the batch; undefined where an event replied nothing.
+          const replies: Array<unknown> = []
           const derived: Array<{ parent: Event; emits: Array<Emit> }> = []
           let processed = 0
           let halted: string | undefined
@@ -260,7 +263,7 @@ export const make = (
               continue
             }
             const staged = outcome.staged
-            if (staged.hasReply) replies.set(event.offset, staged.reply)
+            if (staged.hasReply) replies[processed] = staged.reply
             if (staged.emits !== undefined) derived.push({ parent: event, emits: staged.emits })
             processed++
           }
@@ -300,7 +303,7 @@ export const make = (
           }
           next = newNext
           status.next = next
-          progress.advance(topology.name, depot.name, partition, next, replies)
+          progress.advance(topology.name, depot.name, partition, next, (events[0] as Event).offset, replies)
           if (halted !== undefined) {
             status.state = "halted"
             status.error = halted
