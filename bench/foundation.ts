@@ -13,7 +13,7 @@ import * as MariaDb from "../src/mariadb/client.ts"
 import * as MariaDbModels from "../src/readmodel/mariadb.ts"
 import { loadTemplates } from "../src/template/load.ts"
 import { withEngineContext } from "./engine-context.ts"
-import { fmt, peakRssMb, progress } from "./support.ts"
+import { drive, fmt, peakRssMb, progress } from "./support.ts"
 
 const settings: MariaDb.MariaDbSettings = {
   host: "127.0.0.1",
@@ -21,7 +21,7 @@ const settings: MariaDb.MariaDbSettings = {
   user: "root",
   password: "",
   database: "beds_bench",
-  pool: 8,
+  pool: Number(process.env.BENCH_POOL ?? 8),
   connect_timeout_ms: 5000,
 }
 
@@ -103,7 +103,7 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
     await Effect.runPromise(
       Effect.flatMap(MariaDbDepot.make(), (s) => s.open([accounts])).pipe(Effect.provideContext(ctx)),
     )
-    const rawRowsPerSec = await rawInsert(n)
+    const rawRowsPerSec = process.env.BENCH_SKIP_RAW ? 1 : await rawInsert(n)
 
     const stores = await Effect.runPromise(
       Effect.gen(function* () {
@@ -124,22 +124,27 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
       const t0 = performance.now()
       const cpu0 = process.cpuUsage()
       let done = 0
-      await Effect.runPromise(
-        Effect.forEach(
-          Array.from({ length: n }, (_, i) => i),
-          (i) =>
-            Effect.map(
-              engine.publish("accounts", typeOf(i), `acc-${i % ACCOUNTS}`, payloadOf(i), {
-                id: `m-${i}`,
-                ack: "append",
-              }),
-              (r) => {
-                if (!r.ok) throw new Error(`append refused: ${JSON.stringify(r.error)}`)
+      // Through the in-process callback API (engine.submitWith), as a transport drives the engine.
+      await drive(n, inFlight, (i) =>
+        new Promise<void>((resolve, reject) => {
+          engine.submitWith(
+            {
+              depot: "accounts",
+              type: typeOf(i),
+              key: `acc-${i % ACCOUNTS}`,
+              messageId: `m-${i}`,
+              body: { payload: payloadOf(i) },
+              ack: "append",
+            },
+            (r) => {
+              if (!r.ok) reject(new Error(`append refused: ${JSON.stringify(r.error)}`))
+              else {
                 if (++done % 1000 === 0) bar.update(done)
-              },
-            ),
-          { concurrency: inFlight, discard: true },
-        ),
+                resolve()
+              }
+            },
+          )
+        }),
       )
       const appendSeconds = (performance.now() - t0) / 1000
       const cpu = process.cpuUsage(cpu0)

@@ -338,7 +338,10 @@ class Client implements AmqpClient {
         correlationId,
         type,
         contentType: "application/json",
-        persistent: true,
+        // Only `none` relies on the broker keeping the command (its confirm is all the publisher gets).
+        // At `append`/`full` the reply is the promise: a command lost with a broker restart gets no
+        // reply, and its retry with the same id is deduplicated. Transient commands spare the broker's disk.
+        persistent: ack === "none",
         mandatory: true,
         timestamp: Math.floor(Date.now() / 1000),
         headers,

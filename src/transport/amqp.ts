@@ -24,6 +24,7 @@ import type { Config } from "../config/schema.ts"
 import { CommandRejected } from "../errors.ts"
 import { Engine, type EngineShape } from "../runtime/engine.ts"
 import { errorReply } from "../runtime/ingress.ts"
+import { Acks } from "./acks.ts"
 import type { IncomingCommand, Reply, ReplyError } from "./protocol.ts"
 
 export interface AmqpIngressSettings {
@@ -174,6 +175,22 @@ const internalReply = (cause: Cause.Cause<unknown>): ReplyError =>
 interface Consumer {
   readonly channel: amqp.Channel
   readonly tag: string
+  readonly acks: Acks
+}
+
+/** Each consuming channel's ack coalescer. */
+const ackers = new WeakMap<amqp.Channel, Acks>()
+const ackerOf = (channel: amqp.Channel): Acks => {
+  let acks = ackers.get(channel)
+  if (acks === undefined) {
+    const byTag = (tag: number) => ({ fields: { deliveryTag: tag } }) as amqp.Message
+    acks = new Acks({
+      ack: (tag, multiple) => channel.ack(byTag(tag), multiple),
+      nack: (tag) => channel.nack(byTag(tag), false, false),
+    })
+    ackers.set(channel, acks)
+  }
+  return acks
 }
 
 interface Session {
@@ -329,13 +346,13 @@ export const make = (
       try {
         if (reply.ok) {
           if (reply.ack !== "none") sendReply(consumer, message, reply)
-          consumer.ack(message)
+          ackerOf(consumer).ack(message.fields.deliveryTag)
         } else {
           const dead = await deadLetter(session, queue, depot, message, reply.error)
           sendReply(consumer, message, reply)
           // Unconfirmed: let the broker dead-letter it through the queue's x-dead-letter-exchange.
-          if (dead) consumer.ack(message)
-          else consumer.nack(message, false, false)
+          if (dead) ackerOf(consumer).ack(message.fields.deliveryTag)
+          else ackerOf(consumer).nack(message.fields.deliveryTag)
           state.refused++
         }
         state.handled++
@@ -354,6 +371,7 @@ export const make = (
           return
         }
         state.inFlight++
+        ackerOf(channel).delivered(message.fields.deliveryTag)
         let command: IncomingCommand | CommandRejected
         try {
           command = decode(depot, message)
@@ -423,7 +441,7 @@ export const make = (
             const { consumerTag } = await channel.consume(queue, onDelivery(session, channel, queue, depot.name), {
               noAck: false,
             })
-            consumers.push({ channel, tag: consumerTag })
+            consumers.push({ channel, tag: consumerTag, acks: ackerOf(channel) })
           }
       } catch (e) {
         await fail("Starting the AMQP consumers", e)
@@ -492,6 +510,12 @@ export const make = (
             resolve()
           })
         })
+      for (const c of live.consumers)
+        try {
+          c.acks.flush()
+        } catch {
+          // The channel is gone: the broker redelivers what was not acknowledged.
+        }
       await live.connection.close().catch(() => undefined)
     }
     const stop = Effect.suspend(() => {
