@@ -123,6 +123,7 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
       })()
       const t0 = performance.now()
       const cpu0 = process.cpuUsage()
+      const elu0 = performance.eventLoopUtilization()
       let done = 0
       // Through the in-process callback API (engine.submitWith), as a transport drives the engine.
       await drive(n, inFlight, (i) =>
@@ -148,9 +149,10 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
       )
       const appendSeconds = (performance.now() - t0) / 1000
       const cpu = process.cpuUsage(cpu0)
+      const elu = performance.eventLoopUtilization(elu0).utilization
       const w = (await Effect.runPromise(engine.status())).writer
       console.error(
-        `  engine process CPU during appends: ${fmt(((cpu.user + cpu.system) / 1e6 / appendSeconds) * 100)} % of one core; ${fmt(w.commits)} commits, ${fmt(w.appends / Math.max(1, w.commits), 1)} appends per commit`,
+        `  engine process CPU during appends: ${fmt(((cpu.user + cpu.system) / 1e6 / appendSeconds) * 100)} % of one core (event loop busy ${fmt(elu * 100)} %); ${fmt(w.commits)} commits, ${fmt(w.appends / Math.max(1, w.commits), 1)} appends per commit`,
       )
       bar.update(n)
       bar.stop()
