@@ -126,26 +126,29 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
       const elu0 = performance.eventLoopUtilization()
       let done = 0
       // Through the in-process callback API (engine.submitWith), as a transport drives the engine.
-      await drive(n, inFlight, (i) =>
-        new Promise<void>((resolve, reject) => {
-          engine.submitWith(
-            {
-              depot: "accounts",
-              type: typeOf(i),
-              key: `acc-${i % ACCOUNTS}`,
-              messageId: `m-${i}`,
-              body: { payload: payloadOf(i) },
-              ack: "append",
-            },
-            (r) => {
-              if (!r.ok) reject(new Error(`append refused: ${JSON.stringify(r.error)}`))
-              else {
-                if (++done % 1000 === 0) bar.update(done)
-                resolve()
-              }
-            },
-          )
-        }),
+      await drive(
+        n,
+        inFlight,
+        (i) =>
+          new Promise<void>((resolve, reject) => {
+            engine.submitWith(
+              {
+                depot: "accounts",
+                type: typeOf(i),
+                key: `acc-${i % ACCOUNTS}`,
+                messageId: `m-${i}`,
+                body: { payload: payloadOf(i) },
+                ack: "append",
+              },
+              (r) => {
+                if (!r.ok) reject(new Error(`append refused: ${JSON.stringify(r.error)}`))
+                else {
+                  if (++done % 1000 === 0) bar.update(done)
+                  resolve()
+                }
+              },
+            )
+          }),
       )
       const appendSeconds = (performance.now() - t0) / 1000
       const cpu = process.cpuUsage(cpu0)

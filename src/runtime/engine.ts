@@ -81,6 +81,9 @@ export interface EngineStatus {
   readonly writer: { readonly commits: number; readonly appends: number }
 }
 
+/** Most passes `settle` makes while derived events keep moving the heads. */
+const SETTLE_ROUNDS = 20
+
 export class Engine extends Context.Service<Engine, EngineShape>()("beds/Engine") {}
 
 /** Opens storage, ensures read models, starts writers and topologies. */
@@ -125,12 +128,20 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
       ),
     )
 
+    // Topologies may emit derived events while it waits, which moves heads it already passed:
+    // it waits again until a pass finds every head where it left it (bounded, for a busy engine).
     const settle = () =>
       Effect.gen(function* () {
-        const all = yield* heads
-        for (const d of all)
-          for (const { partition, head } of d.partitions)
-            if (head > 0) yield* progress.applied(d.depot, partition, head - 1)
+        let before = ""
+        for (let round = 0; round < SETTLE_ROUNDS; round++) {
+          const all = yield* heads
+          const now = JSON.stringify(all)
+          if (now === before) return
+          before = now
+          for (const d of all)
+            for (const { partition, head } of d.partitions)
+              if (head > 0) yield* progress.applied(d.depot, partition, head - 1)
+        }
       })
 
     const status = () =>

@@ -94,6 +94,9 @@ interface Batch {
 
 const NO_REPLIES: ReadonlyArray<unknown> = []
 
+/** A stream that ran this long before it failed is restarted as promptly as a first failure. */
+const HEALTHY_MS = 30_000
+
 /** Events kept per partition for live streams; a stream further behind reads the store. */
 const TAIL_MAX = 20_000
 
@@ -325,8 +328,11 @@ export const make = (
       Effect.gen(function* () {
         let delay = 100
         while (true) {
+          const started = Date.now()
           const exit = yield* Effect.exit(runStream(topology, depot, partition))
           if (exit._tag === "Success" || Cause.hasInterruptsOnly(exit.cause)) return
+          // A stream that ran well for a while before it died starts over from the short delay.
+          if (Date.now() - started > HEALTHY_MS) delay = 100
           const status = statuses.get(`${topology.name}|${depot.name}/${partition}`)
           if (status) status.restarts++
           yield* Effect.logError(

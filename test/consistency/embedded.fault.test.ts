@@ -286,7 +286,7 @@ class InProcessEngine {
       return await Effect.runPromise(
         Effect.gen(function* () {
           // Twice: settle reads every depot's head up front, and derived events may still be appended after that.
-          const settle = Effect.andThen(life.engine.settle(), life.engine.settle())
+          const settle = life.engine.settle()
           const settled = yield* Effect.result(Effect.timeout(settle, "30 seconds"))
           if (settled._tag === "Failure") {
             const status = yield* life.engine.status()
@@ -422,10 +422,7 @@ const finalOfDataDir = (dataDir: string): Promise<FinalState> =>
         const depot = yield* FileDepot.make(dataDir)
         const models = yield* MemoryModels.make
         const state = yield* withEngine({ depot, models }, declarations, (engine) =>
-          Effect.andThen(
-            Effect.timeout(Effect.andThen(engine.settle(), engine.settle()), "30 seconds"),
-            snapshot({ depot, models }, declarations),
-          ),
+          Effect.andThen(Effect.timeout(engine.settle(), "30 seconds"), snapshot({ depot, models }, declarations)),
         )
         const replayed = yield* replay(depot, declarations)
         return { ...state, replayed }

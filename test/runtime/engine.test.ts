@@ -7,12 +7,16 @@ import { Effect } from "effect"
 import fc from "fast-check"
 import { beforeAll, describe, expect, it } from "vitest"
 import { accounts } from "../../depots/accounts.ts"
+import { alerts } from "../../depots/alerts.ts"
+import { alertLog } from "../../projections/alert_log.ts"
 import { balances } from "../../projections/balances.ts"
+import { overdraft } from "../../projections/overdraft.ts"
 import * as MemoryDepot from "../../src/depot/memory.ts"
 import * as MemoryModels from "../../src/readmodel/memory.ts"
 import type { Declarations } from "../../src/runtime/engine.ts"
 import { loadTemplates } from "../../src/template/load.ts"
 import type { Template } from "../../src/template/template.ts"
+import * as Topology from "../../src/topology/topology.ts"
 import { withEngine } from "../support/engine.ts"
 import { engineProperties, historyArbitrary, runHistory } from "../support/engine-properties.ts"
 
@@ -35,6 +39,43 @@ describe("engine (memory stores)", () => {
     )
     expect(reply).toMatchObject({ ok: true, ack: "append", depot: "accounts", offset: 0, version: 1, duplicate: false })
     expect(reply.ok && reply.id).toMatch(/^accounts:\d+:0$/)
+  })
+
+  it("settle waits for derived events too: one call and a whole cascade is applied", async () => {
+    const stores = await freshStores()
+    const cascade: Declarations = {
+      ...declarations,
+      depots: [accounts, alerts],
+      // alert_log slowed down, so the derived alerts are still being applied when the accounts side is done
+      topologies: [
+        balances,
+        overdraft,
+        Topology.make({
+          name: alertLog.name,
+          sources: alertLog.sources,
+          readModels: alertLog.readModels,
+          handle: (event, ctx) => Effect.andThen(Effect.sleep("1 millis"), alertLog.handle(event, ctx)),
+        }),
+      ],
+    }
+    const rows = await Effect.runPromise(
+      withEngine(stores, cascade, (engine) =>
+        Effect.gen(function* () {
+          for (let i = 0; i < 400; i++)
+            yield* engine.publish("accounts", "Opened", `acc-${i}`, { owner: "Ada" }, { id: `o${i}` })
+          yield* Effect.forEach(
+            Array.from({ length: 400 }, (_, i) => i),
+            (i) => engine.publish("accounts", "Withdrawn", `acc-${i}`, { amount: 5 }, { id: `w${i}`, ack: "none" }),
+            { concurrency: 400, discard: true },
+          )
+          yield* engine.settle()
+          return yield* stores.models.scan("alr_alert")
+        }),
+      ),
+    )
+    // Every account went from 0 to -5: one alert each, through overdraft → alerts → alert_log.
+    expect(rows).toHaveLength(400)
+    expect(rows.every((r) => r.alerts === 1 && r.last_balance === -5)).toBe(true)
   })
 
   it("replies at full only after the topology applied the event, naming it and its value", async () => {
