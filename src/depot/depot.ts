@@ -61,12 +61,35 @@ export const make = <const E extends EventSchemas>(spec: {
  */
 export const partitionOf = (key: string, partitions: number): number => {
   let h = 0x811c9dc5
+  for (let i = 0; i < key.length; i++) {
+    const c = key.charCodeAt(i)
+    if (c >= 0x80) return partitionOfBytes(key, partitions) // ASCII is hashed in place; the rest via UTF-8 bytes
+    h ^= c
+    h = Math.imul(h, 0x01000193) >>> 0
+  }
+  return h % partitions
+}
+
+const partitionOfBytes = (key: string, partitions: number): number => {
+  let h = 0x811c9dc5
   const bytes = Buffer.from(key, "utf8")
   for (let i = 0; i < bytes.length; i++) {
     h ^= bytes[i] as number
     h = Math.imul(h, 0x01000193) >>> 0
   }
   return h % partitions
+}
+
+type Decoder = (input: unknown, options: { readonly errors: "all" }) => Result.Result<unknown, Schema.SchemaError>
+const decoders = new WeakMap<object, Decoder>()
+/** One decoder per Schema, built on first use: building it costs more than running it. */
+const decoderOf = (schema: Schema.Top): Decoder => {
+  let d = decoders.get(schema)
+  if (d === undefined) {
+    d = Schema.decodeUnknownResult(schema as Schema.Codec<unknown, unknown>) as Decoder
+    decoders.set(schema, d)
+  }
+  return d
 }
 
 /**
@@ -88,7 +111,7 @@ export const decodePayload = (
         details: { depot: depot.name, type, known: Object.keys(depot.events) },
       }),
     }
-  const result = Schema.decodeUnknownResult(schema)(payload, { errors: "all" })
+  const result = decoderOf(schema)(payload, ALL_ERRORS)
   if (Result.isSuccess(result)) return { ok: true, payload: result.success }
   const err = result.failure
   const issues = schemaIssues(err)
@@ -111,3 +134,4 @@ export const schemaIssues = (
 }
 
 const issueFormatter = SchemaIssue.makeFormatterStandardSchemaV1()
+const ALL_ERRORS = { errors: "all" } as const
