@@ -194,9 +194,16 @@ export const replayCommand = () =>
             onProgress: view.update,
             writer,
           })
-        if (loaded.config.engine.rel !== "memory")
-          return yield* run().pipe(Effect.provide(replayStoresLayer(loaded, root, declarations, [name])))
-        // Memory read models exist only inside an engine: boot one here and replay beside it.
+        // Memory read models exist only inside an engine: a topology with any of them is replayed beside an
+        // engine booted here; the others work on their stores directly.
+        const engineConfig = loaded.config.engine
+        const onMemory = known.readModels.some(
+          (m) =>
+            (declarations.templates.find((t) => t.name === m)?.backend === "rec"
+              ? engineConfig.rec
+              : engineConfig.rel) === "memory",
+        )
+        if (!onMemory) return yield* run().pipe(Effect.provide(replayStoresLayer(loaded, root, declarations)))
         return yield* Effect.scoped(
           Effect.gen(function* () {
             const ctx = yield* Layer.build(boot(loaded, root, (line) => process.stderr.write(`${line}\n`)))

@@ -12,6 +12,12 @@
  *   has applied, then the checkpoint moves; a crash anywhere is completed by
  *   re-applying the journaled batch, which changes nothing that was applied.
  *
+ * Replays (the port's blue/green operations) are in mongo-replay.ts; the
+ * live store takes part in their fencing: reading a checkpoint notes the
+ * topology's generation, and a commit's checkpoint write is guarded by it.
+ * A variant (a replay's shadow, a snapshot) is served by this same store
+ * code over `<name>__<variant>` collections and checkpoints of its own.
+ *
  * Driver errors are classified here, once: unreachable servers, network
  * errors, `RetryableWriteError`/`TransientTransactionError` labels and
  * NotWritablePrimary-like codes are retryable (and retried a few times here,
@@ -22,7 +28,9 @@ import { Effect, Layer, Schedule, type Scope } from "effect"
 import {
   type AnyBulkWriteOperation,
   type ClientSession,
+  type Db,
   type Document,
+  Long,
   MongoBulkWriteError,
   MongoClient,
   MongoError,
@@ -64,8 +72,19 @@ import {
   UnreadableValue,
   uniqueQuery,
 } from "./mongo-ops.ts"
+import {
+  commitGuard,
+  DEFAULT_TIMING,
+  enterStream,
+  fencedCommit,
+  pausedStream,
+  REPLAY_COLLECTIONS,
+  type ReplayTiming,
+  replayOps,
+} from "./mongo-replay.ts"
 import type { Outbox, OutboxEntry, RecBackend } from "./router.ts"
 import { type CheckpointId, ReadModelStore, type ReadModelStoreShape, type RowWrite } from "./store.ts"
+import { variantCheckpointTopology, variantTable } from "./variant.ts"
 
 export interface MongoSettings {
   /** `mongodb://host:port` or `mongodb+srv://...`, with credentials and options if needed. */
@@ -223,11 +242,7 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
     )
     const db = client.db(settings.database)
 
-    /** Runs an operation; retryable failures are retried a few times before they surface. */
-    const run = <A>(what: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
-      Effect.tryPromise({ try: f, catch: (cause) => classify(what, where, cause) }).pipe(
-        Effect.retry({ while: (e) => e.retryable, times: 3, schedule: Schedule.exponential("100 millis", 2) }),
-      )
+    const run = runner(where)
 
     const hello: Document = yield* run("Asking the server what it is (hello)", () =>
       db
@@ -252,13 +267,78 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
         : `read models on ${where}: ${transactional ? "guarded writes asked for" : "standalone server (no transactions)"}, each batch is journaled, then applied with position-guarded idempotent writes`,
     )
 
-    const checkpoints = db.collection<SystemDoc>(CHECKPOINT_COLLECTION)
-    const journal = db.collection<SystemDoc>(JOURNAL_COLLECTION)
-    const recorded = db.collection<SystemDoc>(TEMPLATES_COLLECTION)
-    const outboxes = db.collection<SystemDoc>(OUTBOX)
+    return open({ client, db, mode, where, database: settings.database })
+  })
+
+/** Runs driver calls for one server: errors classified, retryable ones retried a few times before they surface. */
+const runner =
+  (where: string) =>
+  <A>(what: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
+    Effect.tryPromise({ try: f, catch: (cause) => classify(what, where, cause) }).pipe(
+      Effect.retry({ while: (e) => e.retryable, times: 3, schedule: Schedule.exponential("100 millis", 2) }),
+    )
+
+/** A connected client, as `backend` opens it. */
+export interface MongoConnection {
+  readonly client: MongoClient
+  readonly db: Db
+  readonly mode: ExactlyOnceMode
+  /** The server and database, for messages (no password). */
+  readonly where: string
+  /** The database name, for messages. */
+  readonly database: string
+  /** How long replay locks live and fences wait; the defaults suit production. */
+  readonly timing?: ReplayTiming | undefined
+}
+
+/**
+ * Where a store instance keeps its documents and checkpoints: the live models
+ * in collections named as their templates, or a variant (replay shadow,
+ * snapshot) in `<name>__<variant>` with checkpoints of its own.
+ */
+interface Naming {
+  readonly collection: (template: string) => string
+  readonly topology: (topology: string) => string
+  /** Live stores take part in fencing (see mongo-replay.ts); variants are guarded by the replay lock instead. */
+  readonly live: boolean
+}
+
+const LIVE: Naming = { collection: (t) => t, topology: (t) => t, live: true }
+
+const variantNaming = (variant: string): Naming => ({
+  collection: (t) => variantTable(t, variant),
+  topology: (t) => variantCheckpointTopology(t, variant),
+  live: false,
+})
+
+/** Builds the store, its outbox and its replay operations over a connected client. */
+export const open = (connection: MongoConnection): MongoBackend => {
+  const { client, db, mode, where, database } = connection
+  const timing = connection.timing ?? DEFAULT_TIMING
+  const run = runner(where)
+  const checkpoints = db.collection<SystemDoc>(CHECKPOINT_COLLECTION)
+  const journal = db.collection<SystemDoc>(JOURNAL_COLLECTION)
+  const recorded = db.collection<SystemDoc>(TEMPLATES_COLLECTION)
+  const outboxes = db.collection<SystemDoc>(OUTBOX)
+
+  const createIfMissing = async (name: string): Promise<void> => {
+    await db.createCollection(name).catch((e: unknown) => {
+      if (!(e instanceof MongoError && e.code === NAMESPACE_EXISTS)) throw e
+    })
+  }
+
+  const resetId = (topology: string): string => `reset:${topology}`
+
+  /** The store over the live models, or over a variant's copies of them. */
+  const build = (naming: Naming) => {
     const templates = new Map<string, Template>()
     /** Streams whose last guarded commit did not finish in this process: recover before the next. */
     const dirty = new Set<string>()
+    /** Per live checkpoint: the topology generation its stream saw when it read the checkpoint. */
+    const seen = new Map<string, number>()
+    const physical = (name: string): string => naming.collection(name)
+    const own = (cp: CheckpointId): CheckpointId =>
+      naming.live ? cp : { ...cp, topology: naming.topology(cp.topology) }
 
     const unknown = (name: string): StoreError =>
       failed(
@@ -271,12 +351,6 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
 
     // -----------------------------------------------------------------------
     // ensure
-
-    const createIfMissing = async (name: string): Promise<void> => {
-      await db.createCollection(name).catch((e: unknown) => {
-        if (!(e instanceof MongoError && e.code === NAMESPACE_EXISTS)) throw e
-      })
-    }
 
     const describeCollection = async (name: string): Promise<ActualCollection> => {
       const exists = (await db.listCollections({ name }, { nameOnly: true }).toArray()).length > 0
@@ -298,10 +372,10 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
     }
 
     const applyStep = async (t: Template, step: Step): Promise<void> => {
-      const coll = db.collection<ModelDoc>(t.name)
+      const coll = db.collection<ModelDoc>(physical(t.name))
       switch (step.kind) {
         case "createCollection":
-          return createIfMissing(t.name)
+          return createIfMissing(physical(t.name))
         case "createIndex":
           await coll.createIndex(step.index.key, {
             name: step.index.name,
@@ -316,7 +390,7 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
           return
         case "record":
           await recorded.replaceOne(
-            { _id: t.name },
+            { _id: physical(t.name) },
             { tla: t.tla, file: t.file, template: JSON.stringify(t), ensured: new Date() },
             { upsert: true },
           )
@@ -340,19 +414,25 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
         if (clash !== undefined) return yield* failed(clash.message, clash)
 
         yield* run("Creating the system collections", async () => {
-          for (const name of [CHECKPOINT_COLLECTION, JOURNAL_COLLECTION, TEMPLATES_COLLECTION, OUTBOX])
+          for (const name of [
+            CHECKPOINT_COLLECTION,
+            JOURNAL_COLLECTION,
+            TEMPLATES_COLLECTION,
+            OUTBOX,
+            ...REPLAY_COLLECTIONS,
+          ])
             await createIfMissing(name)
         })
         const plans: Array<{ readonly template: Template; readonly steps: ReadonlyArray<Step> }> = []
         const drift: Array<string> = []
         for (const t of list) {
-          const actual = yield* run(`Reading collection ${t.name} (its indexes and recorded template)`, () =>
-            describeCollection(t.name),
+          const actual = yield* run(`Reading collection ${physical(t.name)} (its indexes and recorded template)`, () =>
+            describeCollection(physical(t.name)),
           )
           const plan = planCollection(t, actual)
           if (plan.unsafe.length > 0)
             drift.push(
-              `Collection ${settings.database}.${t.name} does not match template ${t.name} (${t.tla}, ${t.file}):\n${plan.unsafe.map((u) => `  - ${u}`).join("\n")}`,
+              `Collection ${database}.${physical(t.name)} does not match template ${t.name} (${t.tla}, ${t.file}):\n${plan.unsafe.map((u) => `  - ${u}`).join("\n")}`,
             )
           plans.push({ template: t, steps: plan.safe })
         }
@@ -365,10 +445,11 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
           })
         for (const { template, steps } of plans)
           for (const step of steps) {
-            yield* run(`Applying to collection ${template.name}: ${stepText(template.name, step)}`, () =>
-              applyStep(template, step),
+            yield* run(
+              `Applying to collection ${physical(template.name)}: ${stepText(physical(template.name), step)}`,
+              () => applyStep(template, step),
             )
-            if (step.kind === "createIndex" || step.kind === "fillDefault")
+            if (naming.live && (step.kind === "createIndex" || step.kind === "fillDefault"))
               yield* Effect.logInfo(`read model ${template.name}: applied ${stepText(template.name, step)}`)
           }
         for (const t of list) templates.set(t.name, t)
@@ -408,7 +489,7 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
         const filter: Document = { _id: { $in: ids } }
         const docs = yield* run(`Loading ${ids.length} ${name} document(s)`, () =>
           db
-            .collection<ModelDoc>(name)
+            .collection<ModelDoc>(physical(name))
             .find(filter, { projection: { [SYSTEM_FIELD]: 0 } })
             .toArray(),
         )
@@ -424,7 +505,7 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
         const t = yield* get(name)
         const docs = yield* run(`Scanning ${name}`, () =>
           db
-            .collection<ModelDoc>(name)
+            .collection<ModelDoc>(physical(name))
             .find({}, { projection: { [SYSTEM_FIELD]: 0 }, sort: { _id: 1 } })
             .toArray(),
         )
@@ -455,7 +536,7 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
         const t = ps[0]?.template as Template
         const q = storedQuery(cp, ps)
         const docs = await db
-          .collection<ModelDoc>(name)
+          .collection<ModelDoc>(physical(name))
           .find(q.filter, { projection: q.projection, ...(session === undefined ? {} : { session }) })
           .toArray()
         stored.set(name, new Map(docs.map((d) => [keyId(keyFromId(t, d._id)), positionOf(d, cp) ?? null])))
@@ -472,7 +553,7 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
     ): Promise<void> => {
       for (const plan of planBatch(cp, next, prepared, stored))
         if (plan.ops.length > 0)
-          await db.collection(plan.template.name).bulkWrite(plan.ops as Array<AnyBulkWriteOperation>, {
+          await db.collection(physical(plan.template.name)).bulkWrite(plan.ops as Array<AnyBulkWriteOperation>, {
             ordered: true,
             ...(session === undefined ? {} : { session }),
           })
@@ -486,23 +567,39 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
       const dup = duplicates(cause).find((d) => d.index !== "_id_")
       if (dup === undefined) return undefined
       const names = [...new Set(prepared.map((p) => p.template.name))]
-      const template = names.find((n) => dup.message.includes(`.${n} `)) ?? names.join(", ")
+      const template = names.find((n) => dup.message.includes(`.${physical(n)} `)) ?? names.join(", ")
       return failed(
         `Commit refused: a ${template} document would repeat a value of unique index ${dup.index} (${dup.message.replace(/^.*dup key: /, "")}). ${after}`,
         cause,
       )
     }
 
-    const commitInTransaction = (cp: CheckpointId, next: number, prepared: ReadonlyArray<Prepared>) =>
+    const commitInTransaction = (
+      cp: CheckpointId,
+      next: number,
+      prepared: ReadonlyArray<Prepared>,
+      saw: number | undefined,
+    ) =>
       Effect.tryPromise({
         try: () =>
           client.withSession((session) =>
             session.withTransaction(
               async () => {
+                const c = checkpointUpdate(cp, next)
+                if (saw === undefined) await checkpoints.updateOne(c.filter, c.update, { upsert: true, session })
+                else {
+                  // First, so that a fenced batch writes nothing, and a fence stamping this document
+                  // from now on waits for the transaction to end (see mongo-replay.ts). The counter makes
+                  // it a write even when the checkpoint does not move: a no-op update locks nothing.
+                  const guarded = await checkpoints.updateOne(
+                    { ...c.filter, ...commitGuard(saw) },
+                    { ...c.update, $inc: { commits: 1 } },
+                    { session },
+                  )
+                  if (guarded.matchedCount === 0) throw fencedCommit(cp)
+                }
                 const stored = await readStored(cp, prepared, session)
                 await writePlans(cp, next, prepared, stored, session)
-                const c = checkpointUpdate(cp, next)
-                await checkpoints.updateOne(c.filter, c.update, { upsert: true, session })
               },
               { readConcern: { level: "snapshot" }, writeConcern: { w: "majority" }, readPreference: "primary" },
             ),
@@ -583,7 +680,12 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
       }
     }
 
-    const commitGuarded = async (cp: CheckpointId, next: number, prepared: ReadonlyArray<Prepared>): Promise<void> => {
+    const commitGuarded = async (
+      cp: CheckpointId,
+      next: number,
+      prepared: ReadonlyArray<Prepared>,
+      saw: number | undefined,
+    ): Promise<void> => {
       const id = checkpointDocId(cp)
       if (dirty.has(id)) await recover(cp)
       const stored = await readStored(cp, prepared)
@@ -600,7 +702,17 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
       }
       // The commit point: from here on the batch will be applied, now or by recover().
       const p = pendingUpdate(cp, { next, writes: chunks === undefined ? text : undefined, chunks })
-      await checkpoints.updateOne(p.filter, p.update, { upsert: true })
+      if (saw === undefined) await checkpoints.updateOne(p.filter, p.update, { upsert: true })
+      else {
+        // One write to the document a fence stamps: either the batch is pending before the stamp
+        // (and the fence waits for it), or it is refused here (see mongo-replay.ts).
+        const guarded = await checkpoints.updateOne({ ...p.filter, ...commitGuard(saw) }, p.update)
+        if (guarded.matchedCount === 0) {
+          if (chunks !== undefined) await journal.deleteMany({ _id: { $regex: chunkPrefix(cp) } })
+          dirty.delete(id)
+          throw fencedCommit(cp)
+        }
+      }
       try {
         await applyGuarded(cp, next, prepared, stored)
       } catch (e) {
@@ -621,16 +733,18 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
     const describeBatch = (cp: CheckpointId, next: number, prepared: ReadonlyArray<Prepared>): string =>
       `${prepared.length} document write(s) to ${[...byTemplate(prepared).keys()].join(", ") || "no collection"} with checkpoint ${checkpointDocId(cp)} = ${next}`
 
-    const commit: ReadModelStoreShape["commit"] = (cp, next, writes) =>
+    const commit: ReadModelStoreShape["commit"] = (stream, next, writes) =>
       Effect.gen(function* () {
+        const cp = own(stream)
         const prepared = prepareBatch((name) => templates.get(name), writes)
         if (!prepared.ok) return yield* failed(prepared.problem)
         const batch = prepared.value
+        const saw = naming.live ? seen.get(checkpointDocId(cp)) : undefined
         const attempt =
           mode === "transaction"
-            ? commitInTransaction(cp, next, batch)
+            ? commitInTransaction(cp, next, batch, saw)
             : Effect.tryPromise({
-                try: () => commitGuarded(cp, next, batch),
+                try: () => commitGuarded(cp, next, batch, saw),
                 catch: (cause) => classify(`Committing ${describeBatch(cp, next, batch)}`, where, cause),
               })
         yield* attempt.pipe(
@@ -638,25 +752,36 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
         )
       })
 
-    const resetId = (topology: string): string => `reset:${topology}`
-
     const finishReset = async (topology: string, names: ReadonlyArray<string>): Promise<void> => {
-      for (const name of names) await db.collection<ModelDoc>(name).deleteMany({})
-      await checkpoints.deleteMany({ topology })
+      for (const name of names) await db.collection<ModelDoc>(physical(name)).deleteMany({})
+      // Back to 0 rather than deleted: the documents keep the fence's generation stamp that live commits are guarded by.
+      await checkpoints.updateMany({ topology }, { $set: { next: Long.fromNumber(0) }, $unset: { pending: "" } })
       await journal.deleteMany({ _id: { $regex: new RegExp(`^${topology}/`) } })
       await checkpoints.deleteOne({ _id: resetId(topology) })
       for (const id of [...dirty]) if (id.startsWith(`${topology}/`)) dirty.delete(id)
     }
 
-    const checkpoint: ReadModelStoreShape["checkpoint"] = (cp) =>
-      run(`Reading checkpoint ${checkpointDocId(cp)}`, async () => {
-        const marker = await checkpoints.findOne({ _id: resetId(cp.topology) })
-        if (Array.isArray(marker?.reset)) await finishReset(cp.topology, marker.reset as Array<string>)
-        return recover(cp)
+    const checkpoint: ReadModelStoreShape["checkpoint"] = (stream) =>
+      Effect.gen(function* () {
+        const cp = own(stream)
+        const id = checkpointDocId(cp)
+        yield* run(`Reading the reset record of topology ${cp.topology}`, async () => {
+          const marker = await checkpoints.findOne({ _id: resetId(cp.topology) })
+          if (Array.isArray(marker?.reset)) await finishReset(cp.topology, marker.reset as Array<string>)
+        })
+        // The generation is taken before the checkpoint is read: a fence in between makes the first commit fail, never pass.
+        const entered = naming.live
+          ? yield* run(`Reading the fence of topology ${cp.topology}`, () => enterStream(db, cp, timing))
+          : undefined
+        if (entered?.paused === true) return yield* pausedStream(cp.topology)
+        const next = yield* run(`Reading checkpoint ${id}`, () => recover(cp))
+        if (entered?.paused === false) seen.set(id, entered.generation)
+        return next
       })
 
-    const reset: ReadModelStoreShape["reset"] = (topology, names) =>
+    const reset: ReadModelStoreShape["reset"] = (given, names) =>
       Effect.gen(function* () {
+        const topology = naming.live ? given : naming.topology(given)
         for (const n of names) yield* get(n)
         // Several deletes cannot be one step without a transaction, and a large one should not be:
         // the marker makes an interrupted reset finish at the stream's next start.
@@ -666,85 +791,108 @@ export const backend = (settings: MongoSettings): Effect.Effect<MongoBackend, St
         })
       })
 
-    const store = ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset })
+    // A replay stopped mid-commit must not leave the commit running behind a second replay's back:
+    // a variant's commit finishes (or fails) before the interruption goes through.
+    const store = ReadModelStore.of({
+      ensure,
+      load,
+      commit: naming.live ? commit : (cp, next, writes) => Effect.uninterruptible(commit(cp, next, writes)),
+      checkpoint,
+      scan,
+      reset,
+    })
+    return { store, templates, recover, decode, readStored, checkUniqueIndexes }
+  }
 
-    // -----------------------------------------------------------------------
-    // The router's outbox: one document per stream, large entries in journal chunks.
+  const live = build(LIVE)
 
-    const outboxChunkId = (stream: CheckpointId, next: number, i: number): string =>
-      `outbox:${journalChunkId(stream, next, i)}`
-    const outboxPrefix = (stream: CheckpointId): RegExp => new RegExp(`^outbox:${checkpointDocId(stream)}@`)
+  // -----------------------------------------------------------------------
+  // The router's outbox: one document per stream, large entries in journal chunks.
 
-    const outbox: Outbox = {
-      put: (stream, entry) =>
-        run(`Recording the REC half of batch ${checkpointDocId(stream)} ${entry.from}..${entry.next}`, async () => {
-          const text = JSON.stringify(entry.writes)
-          // Old chunks are only ever read for the entry being replaced, so they may go first.
-          await journal.deleteMany({ _id: { $regex: outboxPrefix(stream) } })
-          let chunks: number | undefined
-          if (Buffer.byteLength(text, "utf8") > INLINE_JOURNAL_BYTES) {
-            const parts = chunkText(text)
-            await journal.insertMany(parts.map((data, i) => ({ _id: outboxChunkId(stream, entry.next, i), data })))
-            chunks = parts.length
-          }
-          await outboxes.replaceOne(
-            { _id: checkpointDocId(stream) },
-            {
-              topology: stream.topology,
-              from: entry.from,
-              next: entry.next,
-              ...(chunks === undefined ? { writes: text } : { chunks }),
-            },
-            { upsert: true },
-          )
-        }),
-      get: (stream) =>
-        run(`Reading the outbox of ${checkpointDocId(stream)}`, async (): Promise<OutboxEntry | undefined> => {
-          const doc = await outboxes.findOne({ _id: checkpointDocId(stream) })
-          if (doc === null) return undefined
-          const next = Number(doc.next)
-          let text = typeof doc.writes === "string" ? doc.writes : undefined
-          if (text === undefined) {
-            const count = Number(doc.chunks ?? 0)
-            const ids = Array.from({ length: count }, (_, i) => outboxChunkId(stream, next, i))
-            const parts = await journal.find({ _id: { $in: ids } }).toArray()
-            const byId = new Map(parts.map((d) => [String(d._id), String(d.data)]))
-            if (ids.some((id) => !byId.has(id))) return undefined
-            text = ids.map((id) => byId.get(id)).join("")
-          }
-          return { from: Number(doc.from), next, writes: JSON.parse(text) as ReadonlyArray<RowWrite> }
-        }),
-      beginReset: (topology, names) =>
-        run(`Recording a reset of topology ${topology}`, async () => {
-          await outboxes.replaceOne({ _id: resetId(topology) }, { reset: [...names] }, { upsert: true })
-        }),
-      pendingReset: (topology) =>
-        run(`Reading the reset record of topology ${topology}`, async () => {
-          const doc = await outboxes.findOne({ _id: resetId(topology) })
-          return Array.isArray(doc?.reset) ? (doc.reset as ReadonlyArray<string>) : undefined
-        }),
-      endReset: (topology) =>
-        run(`Closing the reset of topology ${topology}`, async () => {
-          await outboxes.deleteMany({ topology })
-          await journal.deleteMany({ _id: { $regex: new RegExp(`^outbox:${topology}/`) } })
-          await outboxes.deleteOne({ _id: resetId(topology) })
-        }),
-    }
+  const outboxChunkId = (stream: CheckpointId, next: number, i: number): string =>
+    `outbox:${journalChunkId(stream, next, i)}`
+  const outboxPrefix = (stream: CheckpointId): RegExp => new RegExp(`^outbox:${checkpointDocId(stream)}@`)
 
-    const check: RecBackend["check"] = (writes) =>
-      Effect.gen(function* () {
-        const prepared = prepareBatch((name) => templates.get(name), writes)
-        if (!prepared.ok) return yield* failed(prepared.problem)
-        const batch = prepared.value
-        // Any stream's position will do: only which documents exist matters here.
-        const probe: CheckpointId = { topology: "check", depot: "check", partition: 0 }
-        yield* run(`Checking ${batch.length} document write(s) against unique indexes`, async () =>
-          checkUniqueIndexes(batch, await readStored(probe, batch)),
+  const outbox: Outbox = {
+    put: (stream, entry) =>
+      run(`Recording the REC half of batch ${checkpointDocId(stream)} ${entry.from}..${entry.next}`, async () => {
+        const text = JSON.stringify(entry.writes)
+        // Old chunks are only ever read for the entry being replaced, so they may go first.
+        await journal.deleteMany({ _id: { $regex: outboxPrefix(stream) } })
+        let chunks: number | undefined
+        if (Buffer.byteLength(text, "utf8") > INLINE_JOURNAL_BYTES) {
+          const parts = chunkText(text)
+          await journal.insertMany(parts.map((data, i) => ({ _id: outboxChunkId(stream, entry.next, i), data })))
+          chunks = parts.length
+        }
+        await outboxes.replaceOne(
+          { _id: checkpointDocId(stream) },
+          {
+            topology: stream.topology,
+            from: entry.from,
+            next: entry.next,
+            ...(chunks === undefined ? { writes: text } : { chunks }),
+          },
+          { upsert: true },
         )
-      })
+      }),
+    get: (stream) =>
+      run(`Reading the outbox of ${checkpointDocId(stream)}`, async (): Promise<OutboxEntry | undefined> => {
+        const doc = await outboxes.findOne({ _id: checkpointDocId(stream) })
+        if (doc === null) return undefined
+        const next = Number(doc.next)
+        let text = typeof doc.writes === "string" ? doc.writes : undefined
+        if (text === undefined) {
+          const count = Number(doc.chunks ?? 0)
+          const ids = Array.from({ length: count }, (_, i) => outboxChunkId(stream, next, i))
+          const parts = await journal.find({ _id: { $in: ids } }).toArray()
+          const byId = new Map(parts.map((d) => [String(d._id), String(d.data)]))
+          if (ids.some((id) => !byId.has(id))) return undefined
+          text = ids.map((id) => byId.get(id)).join("")
+        }
+        return { from: Number(doc.from), next, writes: JSON.parse(text) as ReadonlyArray<RowWrite> }
+      }),
+    beginReset: (topology, names) =>
+      run(`Recording a reset of topology ${topology}`, async () => {
+        await outboxes.replaceOne({ _id: resetId(topology) }, { reset: [...names] }, { upsert: true })
+      }),
+    pendingReset: (topology) =>
+      run(`Reading the reset record of topology ${topology}`, async () => {
+        const doc = await outboxes.findOne({ _id: resetId(topology) })
+        return Array.isArray(doc?.reset) ? (doc.reset as ReadonlyArray<string>) : undefined
+      }),
+    endReset: (topology) =>
+      run(`Closing the reset of topology ${topology}`, async () => {
+        await outboxes.deleteMany({ topology })
+        await journal.deleteMany({ _id: { $regex: new RegExp(`^outbox:${topology}/`) } })
+        await outboxes.deleteOne({ _id: resetId(topology) })
+      }),
+  }
 
-    return { store, outbox, check, mode }
+  const check: RecBackend["check"] = (writes) =>
+    Effect.gen(function* () {
+      const prepared = prepareBatch((name) => live.templates.get(name), writes)
+      if (!prepared.ok) return yield* failed(prepared.problem)
+      const batch = prepared.value
+      // Any stream's position will do: only which documents exist matters here.
+      const probe: CheckpointId = { topology: "check", depot: "check", partition: 0 }
+      yield* run(`Checking ${batch.length} document write(s) against unique indexes`, async () =>
+        live.checkUniqueIndexes(batch, await live.readStored(probe, batch)),
+      )
+    })
+
+  const replay = replayOps({
+    db,
+    run,
+    template: (name) => live.templates.get(name),
+    decode: live.decode,
+    recover: live.recover,
+    variantStore: (variant) => build(variantNaming(variant)).store,
+    timing,
   })
+
+  return { store: ReadModelStore.of({ ...live.store, replay }), outbox, check, mode }
+}
 
 /** The MongoDB store alone. */
 export const make = (settings: MongoSettings): Effect.Effect<ReadModelStoreShape, StoreError, Scope.Scope> =>

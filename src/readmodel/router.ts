@@ -37,6 +37,14 @@
  * at the next start if interrupted, so the two backends cannot be left one
  * reset and one not. Topologies that write only one backend bypass all of
  * this: their checkpoint lives with their rows.
+ *
+ * Replays (the port's `replay` operations) follow the same split. A topology
+ * that writes one backend only is replayed by that backend's own operations,
+ * fence and swap included, since its rows and checkpoints are all there. A
+ * topology that writes both cannot be replayed: its swap would have to
+ * replace a MariaDB table and a MongoDB collection in one step readers cannot
+ * split, and no operation spans the two databases. Its replay operations
+ * refuse with a message that says so and how to split the topology.
  */
 import { Effect, Layer, type Scope } from "effect"
 import { StoreError } from "../errors.ts"
@@ -44,7 +52,13 @@ import { checkTemplate, checkTemplates } from "../template/load.ts"
 import type { Template } from "../template/template.ts"
 import * as Memory from "./memory.ts"
 import { prepareBatch } from "./mongo-ops.ts"
-import { type CheckpointId, ReadModelStore, type ReadModelStoreShape, type RowWrite } from "./store.ts"
+import {
+  type CheckpointId,
+  type ReadModelReplayShape,
+  ReadModelStore,
+  type ReadModelStoreShape,
+  type RowWrite,
+} from "./store.ts"
 
 export type Backend = Template["backend"]
 
@@ -137,6 +151,12 @@ export const make = (options: RouterOptions): Effect.Effect<ReadModelStoreShape>
     const rec = options.rec.store
     const outbox = options.rec.outbox
     const templates = new Map<string, Template>()
+    /**
+     * The backend of every template ever passed to `ensure`, even one its
+     * adapter refused: a replay rebuilds a template whose live table drifted,
+     * and still has to know where it lives.
+     */
+    const backends = new Map<string, Backend>()
     /** Per stream: the checkpoint both backends are known to hold. */
     const known = new Map<string, number>()
     const store = (b: Backend): ReadModelStoreShape => (b === "rel" ? rel : rec)
@@ -182,6 +202,7 @@ export const make = (options: RouterOptions): Effect.Effect<ReadModelStoreShape>
             message: `Template ${moved.name} (${moved.tla}, ${moved.file}) moved from backend ${templates.get(moved.name)?.backend} to ${moved.backend}; its rows would stay behind. Replay into a new template (new name and TLA) instead.`,
             retryable: false,
           })
+        for (const t of list) backends.set(t.name, t.backend)
         yield* rel.ensure(list.filter((t) => t.backend === "rel"))
         yield* rec.ensure(list.filter((t) => t.backend === "rec"))
         for (const t of list) templates.set(t.name, t)
@@ -309,8 +330,145 @@ export const make = (options: RouterOptions): Effect.Effect<ReadModelStoreShape>
         }
         if (relWrites.length > 0 && rel.check !== undefined) yield* rel.check(relWrites)
       })
-    return ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, check })
+    const replay = replayOps({
+      store,
+      backendOf: (name) => backends.get(name) ?? templates.get(name)?.backend,
+      topologies: options.topologies,
+    })
+    const routing = ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, check, replay })
+    declared.set(routing, (list) => {
+      for (const t of list) if (!backends.has(t.name)) backends.set(t.name, t.backend)
+    })
+    return routing
   })
+
+const declared = new WeakMap<object, (templates: ReadonlyArray<Template>) => void>()
+
+/**
+ * Tells a routing store which backend each of these templates is on before
+ * anything ensures them. A process that only replays, or checks topology
+ * versions at start, asks the replay operations about a topology before any
+ * template is ensured, and they route by template. A store that is not a
+ * router is left as it is.
+ */
+export const declareTemplates = (store: ReadModelStoreShape, templates: ReadonlyArray<Template>): void =>
+  declared.get(store)?.(templates)
+
+const BACKEND_NAME: Record<Backend, string> = { rel: "REL", rec: "REC" }
+
+/**
+ * Replay operations that hand each call to the backend holding the
+ * topology's read models (see the module comment), or refuse.
+ */
+const replayOps = (r: {
+  readonly store: (b: Backend) => ReadModelStoreShape
+  readonly backendOf: (template: string) => Backend | undefined
+  readonly topologies: RouterOptions["topologies"]
+}): ReadModelReplayShape => {
+  const refused = (message: string): StoreError => failed(message)
+
+  const opsOf = (b: Backend, what: string): Effect.Effect<ReadModelReplayShape, StoreError> => {
+    const ops = r.store(b).replay
+    return ops === undefined
+      ? Effect.fail(
+          refused(
+            `${what} cannot be replayed: its read models are on the ${BACKEND_NAME[b]} read-model store, which has no blue/green operations (variants, fence, swap). Use a ${BACKEND_NAME[b]} backend that has them (${b === "rel" ? "MariaDB or memory" : "MongoDB or memory"}).`,
+          ),
+        )
+      : Effect.succeed(ops)
+  }
+
+  /** The one backend a topology writes, or why a replay of it is refused. */
+  const backendOfTopology = (topology: string): Effect.Effect<Backend, StoreError> =>
+    Effect.suspend(() => {
+      const declared = r.topologies?.find((t) => t.name === topology)
+      if (declared === undefined)
+        return Effect.fail(
+          refused(
+            `Topology ${topology} is not among the topologies this read-model store routes (${r.topologies?.map((t) => t.name).join(", ") || "it was built without a list of them"}), so it cannot tell which backend holds that topology's read models and cannot replay it. Build the store with every topology it serves (its \`topologies\` option), as the engine's stores layer does.`,
+          ),
+        )
+      const unknown = declared.readModels.filter((m) => r.backendOf(m) === undefined)
+      if (unknown.length > 0)
+        return Effect.fail(
+          refused(
+            `Topology ${topology} writes template(s) ${unknown.join(", ")} that this read-model store has not been given yet; ensure() them before replaying it.`,
+          ),
+        )
+      const by = split(declared.readModels)
+      const mixed = mixedRefusal(topology, by)
+      if (mixed !== undefined) return Effect.fail(refused(mixed))
+      if (by.rel.length === 0 && by.rec.length === 0)
+        return Effect.fail(refused(`Topology ${topology} writes no read models; there is nothing to replay.`))
+      return Effect.succeed(by.rel.length > 0 ? "rel" : "rec")
+    })
+
+  const split = (names: ReadonlyArray<string>) => {
+    const by: Record<Backend, Array<string>> = { rel: [], rec: [] }
+    for (const m of names) {
+      const b = r.backendOf(m)
+      if (b !== undefined) by[b].push(m)
+    }
+    return by
+  }
+  const mixedRefusal = (topology: string, by: Record<Backend, ReadonlyArray<string>>) =>
+    by.rel.length > 0 && by.rec.length > 0
+      ? `Topology ${topology} cannot be replayed: it writes REL templates (${by.rel.join(", ")}) and REC templates (${by.rec.join(", ")}), which live in two databases, and a replay's swap cannot replace the read models of both in one atomic step. Split it into a topology that writes only the REL templates and one that writes only the REC templates; each of them can then be replayed.`
+      : undefined
+
+  const forTopology = (topology: string) =>
+    Effect.flatMap(backendOfTopology(topology), (b) => opsOf(b, `Topology ${topology}`))
+
+  /** The backend of a topology, checking that the templates given for it are all there too. */
+  const forTemplates = (topology: string, names: ReadonlyArray<string>) =>
+    Effect.gen(function* () {
+      const b = yield* backendOfTopology(topology)
+      const elsewhere = names.filter((n) => r.backendOf(n) !== b)
+      if (elsewhere.length > 0)
+        return yield* refused(
+          `Topology ${topology} writes ${BACKEND_NAME[b]} templates only, but the replay named ${elsewhere.join(", ")}, which ${elsewhere.length === 1 ? "is" : "are"} not a ${BACKEND_NAME[b]} template of this store.`,
+        )
+      return yield* opsOf(b, `Topology ${topology}`)
+    })
+
+  return {
+    refusal: (topology, templates) => {
+      const by: Record<Backend, Array<string>> = { rel: [], rec: [] }
+      for (const t of templates) by[t.backend].push(t.name)
+      return mixedRefusal(topology, by)
+    },
+    record: (topology) => Effect.flatMap(forTopology(topology), (ops) => ops.record(topology)),
+    setVersion: (topology, version) =>
+      Effect.flatMap(forTopology(topology), (ops) => ops.setVersion(topology, version)),
+    lock: (topology, holder) => Effect.flatMap(forTopology(topology), (ops) => ops.lock(topology, holder)),
+    variant: (topology, list, variant, fingerprint) =>
+      Effect.flatMap(
+        forTemplates(
+          topology,
+          list.map((t) => t.name),
+        ),
+        (ops) => ops.variant(topology, list, variant, fingerprint),
+      ),
+    dropVariant: (topology, names, variant) =>
+      Effect.flatMap(forTemplates(topology, names), (ops) => ops.dropVariant(topology, names, variant)),
+    peekCheckpoint: (c) => Effect.flatMap(forTopology(c.topology), (ops) => ops.peekCheckpoint(c)),
+    fence: (topology) => Effect.flatMap(forTopology(topology), (ops) => ops.fence(topology)),
+    unfence: (topology) => Effect.flatMap(forTopology(topology), (ops) => ops.unfence(topology)),
+    swap: (topology, names, version) =>
+      Effect.flatMap(forTemplates(topology, names), (ops) => ops.swap(topology, names, version)),
+    diff: (template, variant, limit) =>
+      Effect.suspend(() => {
+        const b = r.backendOf(template)
+        if (b === undefined)
+          return Effect.fail(
+            refused(
+              `Cannot compare ${template}: this read-model store has not been given that template; ensure() it first.`,
+            ),
+          )
+        return Effect.flatMap(opsOf(b, `Template ${template}`), (ops) => ops.diff(template, variant, limit))
+      }),
+  }
+}
 
 /**
  * The routing store as a Layer, built from the two adapters' constructors

@@ -108,6 +108,8 @@ export interface RowDifference {
  * (retryable), so a restarted live stream waits for the swap to finish.
  */
 export interface ReadModelReplayShape {
+  /** Why this store cannot replay a topology at all (e.g. its models span two databases), or undefined. */
+  readonly refusal?: ((topology: string, templates: ReadonlyArray<Template>) => string | undefined) | undefined
   /** The topology's record, undefined when none was ever written. */
   readonly record: (topology: string) => Effect.Effect<TopologyRecord | undefined, StoreError>
   /** Records the version the live models are built with. */

@@ -273,6 +273,8 @@ export const replay = (
       const templates = topology.readModels.map(
         (name) => declarations.templates.find((t) => t.name === name) as Template,
       )
+      const refusal = ops.refusal?.(topology.name, templates)
+      if (refusal !== undefined) return yield* new ReplayError({ code: "REPLAY_UNSUPPORTED", message: refusal })
       yield* depots.open(declarations.depots)
       // A live table that no longer fits its template is what a rebuild replaces: only --verify needs it to fit.
       yield* live.ensure(templates).pipe(

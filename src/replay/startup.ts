@@ -57,10 +57,17 @@ export const rebuildChangedTopologies = (
     const all = yield* Declarations.load(root)
     const decl = forRole(all, c)
     const mode = c.topology.rebuild_on_version_change ?? "auto"
-    const relOnly = (name: string) =>
-      (all.topologies.find((t) => t.name === name)?.readModels ?? []).every(
-        (m) => all.templates.find((t) => t.name === m)?.backend === "rel",
+    // A topology writing REL and REC templates kept in two stores cannot be swapped in one step, so it
+    // cannot be rebuilt blue/green; its version is not checked (splitting it makes both halves replayable).
+    const split = c.engine.rel !== c.engine.rec
+    const bothBackends = (name: string) => {
+      const backends = new Set(
+        (all.topologies.find((t) => t.name === name)?.readModels ?? []).map(
+          (m) => all.templates.find((t) => t.name === m)?.backend,
+        ),
       )
+      return backends.has("rel") && backends.has("rec")
+    }
     return yield* Effect.scoped(
       Effect.gen(function* () {
         const models = yield* ReadModelStore
@@ -73,9 +80,9 @@ export const rebuildChangedTopologies = (
         const results: Array<VersionStepResult> = []
         const changed: Array<{ name: string; built: number; declared: number }> = []
         for (const t of decl.topologies) {
-          if (!relOnly(t.name) && c.engine.rel === "mariadb") {
+          if (split && bothBackends(t.name)) {
             log(
-              `ipl: topology ${t.name}: writes REC templates, whose store has no replay support yet; its version is not checked`,
+              `ipl: topology ${t.name}: writes both REL (${c.engine.rel}) and REC (${c.engine.rec}) templates, which cannot be swapped in one step; its version is not checked. Split it into a REL and a REC topology to make both rebuildable.`,
             )
             continue
           }
@@ -112,6 +119,6 @@ export const rebuildChangedTopologies = (
           results.push({ topology: x.name, version: x.declared, action: "rebuilt", previous: x.built, summary })
         }
         return results
-      }).pipe(Effect.provide(replayStoresLayer(loaded, root, all, decl.topologies.map((t) => t.name).filter(relOnly)))),
+      }).pipe(Effect.provide(replayStoresLayer(loaded, root, all))),
     )
   })

@@ -4,9 +4,10 @@
  * the conformance suite in the mode the server allows (transactions on a
  * replica set, guarded writes on a standalone server) and again with guarded
  * writes forced; then what only a server can show: indexes, drift, the shape
- * of stored documents, and the recovery of a batch cut short.
+ * of stored documents, the recovery of a batch cut short, and a replay round
+ * trip (copy, fence, diff, swap) in either mode.
  *
- * Each run uses throw-away databases named beds_t_readmodel_<pid>[_guarded]
+ * Each run uses throw-away databases named beds_t_readmodel_<pid>[_suffix]
  * and drops them at the end.
  */
 import { afterAll, assert, describe, expect, layer } from "@effect/vitest"
@@ -45,7 +46,8 @@ afterAll(async () => {
   if (!available) return
   const client = await MongoClient.connect(url as string)
   try {
-    for (const suffix of ["", "_guarded", "_mongo"]) await client.db(`${database}${suffix}`).dropDatabase()
+    for (const suffix of ["", "_guarded", "_mongo", "_replay", "_replay_guarded"])
+      await client.db(`${database}${suffix}`).dropDatabase()
   } finally {
     await client.close()
   }
@@ -262,5 +264,80 @@ describe.skipIf(!available)("MongoDB: a batch cut short on a standalone server",
 
   layer(Layer.empty, { timeout: "60 seconds" })((it) => {
     it.effect("the next start applies the journaled batch once", () => recovers("guarded", "_guarded"))
+  })
+})
+
+describe.skipIf(!available)("MongoDB: a replay round trip", () => {
+  const roundTrip = (suffix: string, extra: Partial<Mongo.MongoSettings>) =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const s = settings(suffix, extra)
+        const t: Template = template(V1)
+        const acct = (id: string, hits: number) => ({
+          template: "mg_acct",
+          key: [id],
+          row: { id, hits, [LAST_EVENT_COLUMN]: ID },
+        })
+        // The live engine's store and the replay's, as two processes would have them.
+        const live = (yield* Mongo.backend(s)).store
+        const replayer = (yield* Mongo.backend(s)).store
+        const ops = replayer.replay
+        assert.isDefined(ops)
+        if (ops === undefined) return
+        yield* live.ensure([t])
+        yield* replayer.ensure([t])
+        const stream = { topology: "mgr", depot: "d", partition: 0 }
+        expect(yield* live.checkpoint(stream)).toBe(0)
+        yield* live.commit(stream, 2, [acct("a1", 1), acct("z9", 9)])
+        const holder = { host: "int-replay", pid: 1, since: Date.now() }
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            expect(yield* ops.lock("mgr", holder)).toEqual({ acquired: true })
+            const second = yield* Effect.scoped(ops.lock("mgr", { host: "int-other", pid: 2, since: 0 }))
+            expect(second).toEqual({ acquired: false, holder })
+            const shadow = yield* ops.variant("mgr", [t], "shadow", "fp")
+            expect(shadow).toMatchObject({ resumed: false, dropped: false })
+            yield* shadow.store.commit(stream, 2, [acct("a1", 5), acct("b2", 2)])
+            expect(yield* ops.peekCheckpoint(stream)).toBe(2)
+            yield* ops.fence("mgr")
+            const refused = yield* Effect.flip(live.commit(stream, 3, [acct("c3", 3)]))
+            expect(refused).toMatchObject({ code: "FENCED", retryable: false })
+            expect(yield* Effect.flip(live.checkpoint(stream))).toMatchObject({ code: "FENCED", retryable: true })
+            const d = yield* ops.diff("mg_acct", "shadow", 10)
+            expect(d.count).toBe(3)
+            expect(d.first.map((x) => [x.key, x.live?.hits ?? null, x.copy?.hits ?? null])).toEqual([
+              [["a1"], 1, 5],
+              [["b2"], null, 2],
+              [["z9"], 9, null],
+            ])
+            yield* ops.swap("mgr", ["mg_acct"], 2)
+          }),
+        )
+        expect((yield* live.scan("mg_acct")).map((r) => [r.id, r.hits])).toEqual([
+          ["a1", 5],
+          ["b2", 2],
+        ])
+        expect(yield* ops.record("mgr")).toMatchObject({ version: 2, fenced: false })
+        const client = yield* Effect.acquireRelease(
+          Effect.promise(() => MongoClient.connect(url as string)),
+          (c) => Effect.promise(() => c.close()),
+        )
+        const names = yield* Effect.promise(() =>
+          client.db(s.database).listCollections({}, { nameOnly: true }).toArray(),
+        )
+        expect(names.map((c) => c.name).filter((n) => n.startsWith("mg_acct"))).toEqual(["mg_acct"])
+        // The live stream goes on from its kept checkpoint, over the swapped-in collection.
+        expect(yield* live.checkpoint(stream)).toBe(2)
+        yield* live.commit(stream, 3, [acct("c3", 3)])
+        expect((yield* live.scan("mg_acct")).map((r) => r.id)).toEqual(["a1", "b2", "c3"])
+        yield* live.ensure([t])
+      }),
+    )
+
+  layer(Layer.empty, { timeout: "60 seconds" })((it) => {
+    it.effect("copy, fence, diff and swap, in the mode the server allows", () => roundTrip("_replay", {}))
+    it.effect("copy, fence, diff and swap, with guarded writes", () =>
+      roundTrip("_replay_guarded", { exactlyOnce: "guarded" }),
+    )
   })
 })
