@@ -34,7 +34,7 @@ import {
 import type { Declarations } from "../../src/runtime/engine.ts"
 import { loadTemplates, parseTemplate } from "../../src/template/load.ts"
 import { LAST_EVENT_COLUMN, type Row, type Template } from "../../src/template/template.ts"
-import { MARK, publishAll, runReplay } from "../replay/properties.ts"
+import { history, MARK, publishAll, runReplay } from "../replay/properties.ts"
 import { withEngine } from "../support/engine.ts"
 import { expectReadModelsEqualFold, type Stores } from "../support/engine-properties.ts"
 import { readModelConformance } from "./conformance.ts"
@@ -416,20 +416,6 @@ beforeAll(async () => {
     ["acc_balance", "ldg_account"].includes(t.name),
   )
 })
-
-/** Deterministic history over keys a..e. */
-const history = (n: number) =>
-  Array.from({ length: n }, (_, i) => {
-    const key = "abcde"[i % 5] as string
-    const type = i < 5 ? "Opened" : i % 7 === 0 ? "Withdrawn" : "Deposited"
-    return {
-      type: type as "Opened" | "Deposited" | "Withdrawn",
-      key,
-      payload: type === "Opened" ? { owner: `owner-${key}` } : { amount: 1 + (i % 13) },
-      messageId: `h-${i}`,
-      ack: "append" as const,
-    }
-  })
 
 /** Marks every live document of ldg_account outside any stream of the topologies. */
 const markLedger = (store: ReadModelStoreShape) =>

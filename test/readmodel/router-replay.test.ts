@@ -19,7 +19,7 @@ import type { Declarations } from "../../src/runtime/engine.ts"
 import { loadTemplates } from "../../src/template/load.ts"
 import type { Row, Template } from "../../src/template/template.ts"
 import * as Topology from "../../src/topology/topology.ts"
-import { MARK, publishAll, runReplay } from "../replay/properties.ts"
+import { history, MARK, publishAll, runReplay } from "../replay/properties.ts"
 import { withEngine } from "../support/engine.ts"
 import { expectReadModelsEqualFold, type Stores } from "../support/engine-properties.ts"
 
@@ -64,20 +64,6 @@ const opsOf = (store: ReadModelStoreShape): ReadModelReplayShape => {
   if (store.replay === undefined) throw new Error("no replay operations")
   return store.replay
 }
-
-/** Deterministic history over keys a..e, every event type but Closed. */
-const history = (n: number) =>
-  Array.from({ length: n }, (_, i) => {
-    const key = "abcde"[i % 5] as string
-    const type = i < 5 ? "Opened" : i % 7 === 0 ? "Withdrawn" : "Deposited"
-    return {
-      type: type as "Opened" | "Deposited" | "Withdrawn",
-      key,
-      payload: type === "Opened" ? { owner: `owner-${key}` } : { amount: 1 + (i % 13) },
-      messageId: `h-${i}`,
-      ack: "append" as const,
-    }
-  })
 
 /** Marks every live row of a template on its backend, outside any stream of the topologies. */
 const mark = (backend: ReadModelStoreShape, template: string) =>

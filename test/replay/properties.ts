@@ -24,6 +24,20 @@ import {
 /** Added to `events` of every live row before a replay, so rows of the old model are recognisable. */
 export const MARK = 1_000_000
 
+/** A deterministic accounts history over keys a..e: opens, then deposits and some withdrawals. */
+export const history = (n: number) =>
+  Array.from({ length: n }, (_, i) => {
+    const key = "abcde"[i % 5] as string
+    const type = i < 5 ? "Opened" : i % 7 === 0 ? "Withdrawn" : "Deposited"
+    return {
+      type: type as "Opened" | "Deposited" | "Withdrawn",
+      key,
+      payload: type === "Opened" ? { owner: `owner-${key}` } : { amount: 1 + (i % 13) },
+      messageId: `h-${i}`,
+      ack: "append" as const,
+    }
+  })
+
 /** Runs a replay on these stores (the engine's own, when one is running beside it). */
 export const runReplay = (stores: Stores, declarations: Declarations, options: ReplayOptions) =>
   replay(declarations, options).pipe(

@@ -20,7 +20,7 @@ import type { Template } from "../../src/template/template.ts"
 import * as Topology from "../../src/topology/topology.ts"
 import { withEngine } from "../support/engine.ts"
 import { depotEvents, expectReadModelsEqualFold, type Stores } from "../support/engine-properties.ts"
-import { publishAll, replayFailure, replayProperties, replayUntilKilled, runReplay } from "./properties.ts"
+import { history, publishAll, replayFailure, replayProperties, replayUntilKilled, runReplay } from "./properties.ts"
 
 let templates: ReadonlyArray<Template>
 let declarations: Declarations
@@ -31,20 +31,6 @@ beforeAll(async () => {
 
 const freshStores = (): Promise<Stores> =>
   Effect.runPromise(Effect.map(MemoryModels.make, (models) => ({ depot: MemoryDepot.make(), models })))
-
-/** Deterministic history: keys a..e, every event type. */
-const history = (n: number) =>
-  Array.from({ length: n }, (_, i) => {
-    const key = "abcde"[i % 5] as string
-    const type = i < 5 ? "Opened" : i % 7 === 0 ? "Withdrawn" : "Deposited"
-    return {
-      type: type as "Opened" | "Deposited" | "Withdrawn",
-      key,
-      payload: type === "Opened" ? { owner: `owner-${key}` } : { amount: 1 + (i % 13) },
-      messageId: `h-${i}`,
-      ack: "append" as const,
-    }
-  })
 
 /** Runs `f` beside an engine that has appended and projected a history. */
 const withHistory = <A>(
