@@ -38,7 +38,10 @@ const settings: MariaDb.MariaDbSettings = {
 }
 
 const ACCOUNTS = 10_000
+/** Rows per query of the sequential reads. */
 const BATCH = 10_000
+/** Events per replay batch: large, so many events coalesce into each row written. */
+const REPLAY_BATCH = Number(process.env.BENCH_REPLAY_BATCH ?? 100_000)
 
 export interface ReplayBenchResult {
   readonly events: number
@@ -203,7 +206,7 @@ const replayWithBar = (
     }
     const summary: ReplaySummary = yield* replay(declarations, {
       topology: "balances",
-      batchMax: BATCH,
+      batchMax: REPLAY_BATCH,
       onProgress,
     }).pipe(Effect.provideService(DepotStore, depot), Effect.provideService(ReadModelStore, models))
     bar?.stop()
@@ -304,7 +307,7 @@ export const runReplayBench = async (n: number): Promise<ReplayBenchResult> => {
 
 export const printReplayBench = (r: ReplayBenchResult) => {
   console.log(
-    `\nReplay (balances topology, ${fmt(r.events)} events, ${fmt(ACCOUNTS)} accounts, batches of ${fmt(BATCH)})`,
+    `\nReplay (balances topology, ${fmt(r.events)} events, ${fmt(ACCOUNTS)} accounts, replay batches of ${fmt(REPLAY_BATCH)}, reads of ${fmt(BATCH)} rows)`,
   )
   console.log(`  fill beds_event, multi-row INSERT      ${fmt(r.fillPerSec).padStart(12)} rows/s`)
   console.log(`  raw sequential read (driver)           ${fmt(r.rawReadPerSec).padStart(12)} events/s`)

@@ -161,7 +161,11 @@ export const replayCommand = () =>
     .option("--verify", "compare the rebuilt model with the live one before swapping; refuse to swap when they differ")
     .option("--force", "with --verify: swap even when they differ")
     .option("--json", "print the summary (or the error) as JSON on stdout")
-    .option("--batch <events>", "events per batch", "10000")
+    .option(
+      "--batch <events>",
+      "events per batch: larger coalesces more events per row, smaller holds less in memory",
+      "100000",
+    )
     .action(async (name: string, opts: Options, cmd: Command) => {
       const root = rootOf(cmd)
       const view = progressView()

@@ -110,7 +110,13 @@ const VERSIONS = {
 }
 const HEAD = { sql: `SELECT MAX(off) FROM ${TABLE} WHERE depot = ? AND part = ?`, rowsAsArray: true }
 const VERSION = { sql: `SELECT MAX(version) FROM ${TABLE} WHERE depot = ? AND \`key\` = ?`, rowsAsArray: true }
-const READ = { sql: `${SELECT} WHERE depot = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?`, rowsAsArray: true }
+// A partition's events: depot and partition are the query's own, so they are not read back for every row.
+const READ = {
+  sql: `SELECT ${COLUMNS.slice(2)
+    .map((c) => `\`${c}\``)
+    .join(", ")} FROM ${TABLE} WHERE depot = ? AND part = ? AND off >= ? ORDER BY off LIMIT ?`,
+  rowsAsArray: true,
+}
 const BY_MESSAGE_ID = { sql: `${SELECT} WHERE depot = ? AND message_id = ?`, rowsAsArray: true }
 const BY_ID = { sql: `${SELECT} WHERE id = ?`, rowsAsArray: true }
 const DESCENDANTS = { sql: `${SELECT} WHERE id >= ? AND id < ? ORDER BY id LIMIT ?`, rowsAsArray: true }
@@ -131,8 +137,28 @@ export const toEvent = (r: Row): Event => ({
   parent: r[9] as string | null,
   root: r[10] as string,
   messageId: r[11] as string,
-  metadata: JSON.parse(r[12] as string),
+  metadata: r[12] === "{}" ? NO_METADATA : JSON.parse(r[12] as string),
 })
+
+/** An event from a row of READ: the columns after depot and partition. */
+const toPartitionEvent = (depot: string, partition: number, r: Row): Event => ({
+  depot,
+  partition,
+  offset: r[0] as number,
+  id: r[1] as string,
+  type: r[2] as string,
+  key: r[3] as string,
+  version: r[4] as number,
+  payload: JSON.parse(r[5] as string),
+  time: r[6] as number,
+  parent: r[7] as string | null,
+  root: r[8] as string,
+  messageId: r[9] as string,
+  metadata: r[10] === "{}" ? NO_METADATA : JSON.parse(r[10] as string),
+})
+
+/** Most events carry no metadata: one shared, frozen empty object for all of them. */
+const NO_METADATA: Readonly<Record<string, string>> = Object.freeze({})
 
 const toRow = (e: Event): Array<unknown> => [
   e.depot,
@@ -369,7 +395,9 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       limit <= 0
         ? Effect.succeed([])
         : db.run(`Reading ${depot}/${partition}`, async (pool) =>
-            ((await pool.query(READ, [depot, partition, Math.max(0, from), limit])) as Array<Row>).map(toEvent),
+            ((await pool.query(READ, [depot, partition, Math.max(0, from), limit])) as Array<Row>).map((r) =>
+              toPartitionEvent(depot, partition, r),
+            ),
           )
 
     const head: DepotStoreShape["head"] = (depot, partition) =>

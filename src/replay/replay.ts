@@ -237,6 +237,9 @@ const replayWriter = (
   return writer
 }
 
+/** Events per replay batch unless asked otherwise: many coalesce into each row written. */
+export const DEFAULT_BATCH = 100_000
+
 /** The declared topology of that name, or UNKNOWN_TOPOLOGY naming the known ones. */
 export const findTopology = (declarations: Declarations, name: string): Topology | ReplayError =>
   declarations.topologies.find((t) => t.name === name) ??
@@ -361,7 +364,9 @@ export const replay = (
       const runToTargets = Effect.scoped(
         Effect.gen(function* () {
           const runner = yield* Runner.make([topology], templates, declarations.depots, {
-            batchMax: options.batchMax ?? 10_000,
+            batchMax: options.batchMax ?? DEFAULT_BATCH,
+            // A replay reads nothing but history: its batch size is the one asked for.
+            catchUpBatchMax: options.batchMax ?? DEFAULT_BATCH,
             retries: options.retries ?? 5,
             retryBaseMs: options.retryBaseMs ?? 50,
             live: false,
@@ -437,7 +442,8 @@ export const replay = (
       } else {
         // Catch up with the live model while it keeps moving; each round aims at where it stands now.
         const maxRounds = options.maxRounds ?? 20
-        const slack = Math.max(1000, options.batchMax ?? 10_000)
+        // What is left for the fenced last round, while live commits wait: kept small whatever the batch size.
+        const slack = Math.max(1000, Math.min(options.batchMax ?? DEFAULT_BATCH, 10_000))
         while (true) {
           const at = yield* peekLive
           const ahead = copyAheadOf(at)

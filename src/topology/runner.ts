@@ -207,18 +207,37 @@ export const make = (
         progress.advance(topology.name, depot.name, partition, next, next, NO_REPLIES)
         const singleKeyModels = topology.readModels.filter((n) => templateByName.get(n)?.key.length === 1)
         const { apply, applyNow } = makeApplier(topology, templateByName, options, models, depotByName)
+        // A read of the next batch of history, started while the current one is folded.
+        let ahead: { readonly from: number; readonly fiber: Fiber.Fiber<ReadonlyArray<Event>> } | undefined
 
         while (true) {
           const stop = options.until?.(depot.name, partition)
           if (stop !== undefined && next >= stop) return
           const limit = stop === undefined ? options.batchMax : Math.min(options.batchMax, stop - next)
           const catchUp = options.catchUpBatchMax ?? options.batchMax * 10
-          const events =
-            fromTail(depot.name, partition, next, limit) ??
-            (yield* retryStore(
-              store.read(depot.name, partition, next, stop === undefined ? catchUp : Math.min(catchUp, stop - next)),
-            ))
-          if (events.length === 0) {
+          const storeLimit = (from: number) => (stop === undefined ? catchUp : Math.min(catchUp, stop - from))
+          let events: ReadonlyArray<Event> | undefined = fromTail(depot.name, partition, next, limit)
+          if (events === undefined) {
+            const read = ahead !== undefined && ahead.from === next ? ahead.fiber : undefined
+            if (ahead !== undefined && read === undefined) yield* Fiber.interrupt(ahead.fiber)
+            ahead = undefined
+            const got: ReadonlyArray<Event> =
+              read !== undefined
+                ? yield* Fiber.join(read)
+                : yield* retryStore(store.read(depot.name, partition, next, storeLimit(next)))
+            events = got
+            // Reading history: fetch the next batch while this one is folded and committed.
+            const last = got[got.length - 1]
+            if (last !== undefined && got.length === storeLimit(next)) {
+              const from = last.offset + 1
+              if (stop === undefined || from < stop)
+                ahead = {
+                  from,
+                  fiber: yield* Effect.forkChild(retryStore(store.read(depot.name, partition, from, storeLimit(from)))),
+                }
+            }
+          }
+          if (events === undefined || events.length === 0) {
             yield* waitForAppend(depot.name, partition, next)
             continue
           }
@@ -266,7 +285,8 @@ export const make = (
               continue
             }
             const staged = outcome.staged
-            if (staged.hasReply) replies[processed] = staged.reply
+            // Replays have no one waiting for replies.
+            if (staged.hasReply && options.live) replies[processed] = staged.reply
             if (staged.emits !== undefined) derived.push({ parent: event, emits: staged.emits })
             processed++
           }
