@@ -37,7 +37,7 @@ export interface RunnerOptions {
   /**
    * Batch size while a stream reads history from the store rather than the
    * live tail (start-up catch-up, replays): bigger batches coalesce more
-   * events per row. Default: 10 × batchMax.
+   * events per row. Default: 25 × batchMax.
    */
   readonly catchUpBatchMax?: number | undefined
   /** Retries of a failing handler before the topology's policy applies. */
@@ -214,7 +214,7 @@ export const make = (
           const stop = options.until?.(depot.name, partition)
           if (stop !== undefined && next >= stop) return
           const limit = stop === undefined ? options.batchMax : Math.min(options.batchMax, stop - next)
-          const catchUp = options.catchUpBatchMax ?? options.batchMax * 10
+          const catchUp = options.catchUpBatchMax ?? options.batchMax * 25
           const storeLimit = (from: number) => (stop === undefined ? catchUp : Math.min(catchUp, stop - from))
           let events: ReadonlyArray<Event> | undefined = fromTail(depot.name, partition, next, limit)
           if (events === undefined) {
