@@ -1,7 +1,8 @@
 /**
  * `npm run bench [-- section...]`: measures BEDS beside raw baselines taken in
  * the same run on the same services (only ratios from one run compare).
- * Sections: foundation, amqp, embedded. Env BENCH_N sets the event count.
+ * Sections: foundation, amqp, embedded, replay, lineage. Env BENCH_N sets the
+ * event count, BENCH_REBUILD and BENCH_REPLAY the depot sizes.
  */
 import { printAmqp, runAmqp } from "./amqp.ts"
 import { printEmbedded, runEmbedded } from "./embedded.ts"
