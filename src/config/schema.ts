@@ -85,6 +85,12 @@ export const Config = Schema.Struct({
      * to start until `beds replay <name>` or `beds start --rebuild`. Absent: "auto".
      */
     rebuild_on_version_change: Schema.optionalKey(Schema.Literals(["auto", "flag"])),
+    /**
+     * Under load, a live stream waits up to this many milliseconds for a
+     * short batch to fill before folding it: fewer, larger read-model
+     * transactions. Idle streams never wait. Absent: 0.
+     */
+    linger_ms: Schema.optionalKey(NonNegative),
   }),
   /** Node roles by name: the depots and topologies each serves ("*" = all). */
   roles: Schema.Record(

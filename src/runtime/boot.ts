@@ -25,7 +25,12 @@ import { type Declarations as Decl, Engine, type EngineOptions, make as makeEngi
 /** Engine options from configuration. */
 export const engineOptions = (c: LoadedConfig["config"]): EngineOptions => ({
   ingress: { maxBodyBytes: c.ingress.max_body_bytes, batchMax: c.ingress.batch_max, inFlight: c.ingress.in_flight },
-  topology: { batchMax: c.topology.batch_max, retries: c.topology.retries, retryBaseMs: c.topology.retry_base_ms },
+  topology: {
+    batchMax: c.topology.batch_max,
+    retries: c.topology.retries,
+    retryBaseMs: c.topology.retry_base_ms,
+    lingerMs: c.topology.linger_ms ?? 0,
+  },
   allowExternalParents: c.engine.allow_external_parents,
 })
 

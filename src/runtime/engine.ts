@@ -28,7 +28,13 @@ export interface Declarations {
 
 export interface EngineOptions {
   readonly ingress: { readonly maxBodyBytes: number; readonly batchMax: number; readonly inFlight: number }
-  readonly topology: { readonly batchMax: number; readonly retries: number; readonly retryBaseMs: number }
+  readonly topology: {
+    readonly batchMax: number
+    readonly retries: number
+    readonly retryBaseMs: number
+    /** See RunnerOptions.lingerMs. */
+    readonly lingerMs?: number | undefined
+  }
   readonly allowExternalParents: boolean
   readonly now?: () => number
 }
@@ -104,6 +110,7 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
       batchMax: options.topology.batchMax,
       retries: options.topology.retries,
       retryBaseMs: options.topology.retryBaseMs,
+      lingerMs: options.topology.lingerMs,
       live: true,
     }).pipe(Effect.provideService(DepotWriter, writer), Effect.provideService(Progress.Progress, progress))
 

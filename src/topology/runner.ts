@@ -40,6 +40,13 @@ export interface RunnerOptions {
    * events per row. Default: 25 × batchMax.
    */
   readonly catchUpBatchMax?: number | undefined
+  /**
+   * Live streams under load wait up to this long for a short batch to fill,
+   * so read models take fewer, larger transactions. "Under load": the
+   * stream committed within the last few lingers; an idle stream folds at
+   * once, so a lone command's `full` reply never waits for it.
+   */
+  readonly lingerMs?: number | undefined
   /** Retries of a failing handler before the topology's policy applies. */
   readonly retries: number
   readonly retryBaseMs: number
@@ -207,6 +214,8 @@ export const make = (
         progress.advance(topology.name, depot.name, partition, next, next, NO_REPLIES)
         const singleKeyModels = topology.readModels.filter((n) => templateByName.get(n)?.key.length === 1)
         const { apply, applyNow } = makeApplier(topology, templateByName, options, models, depotByName)
+        const lingerMs = options.lingerMs ?? 0
+        let lastCommit = Number.NEGATIVE_INFINITY
         // A read of the next batch of history, started while the current one is folded.
         let ahead: { readonly from: number; readonly fiber: Fiber.Fiber<ReadonlyArray<Event>> } | undefined
 
@@ -216,6 +225,10 @@ export const make = (
           const limit = stop === undefined ? options.batchMax : Math.min(options.batchMax, stop - next)
           const catchUp = options.catchUpBatchMax ?? options.batchMax * 25
           const storeLimit = (from: number) => (stop === undefined ? catchUp : Math.min(catchUp, stop - from))
+          if (lingerMs > 0 && stop === undefined && performance.now() - lastCommit < lingerMs * 4) {
+            const short = fromTail(depot.name, partition, next, limit)
+            if (short !== undefined && short.length < limit) yield* Effect.sleep(Duration.millis(lingerMs))
+          }
           let events: ReadonlyArray<Event> | undefined = fromTail(depot.name, partition, next, limit)
           if (events === undefined) {
             const read = ahead !== undefined && ahead.from === next ? ahead.fiber : undefined
@@ -326,6 +339,7 @@ export const make = (
           }
           next = newNext
           status.next = next
+          lastCommit = performance.now()
           progress.advance(topology.name, depot.name, partition, next, (events[0] as Event).offset, replies)
           if (halted !== undefined) {
             status.state = "halted"

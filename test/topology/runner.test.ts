@@ -191,3 +191,69 @@ describe("topology runner and store refusals", () => {
     expect((await Effect.runPromise(s.models.scan("big_doc"))).map((r) => r.id)).toEqual(["n2"])
   })
 })
+
+describe("topology runner linger", () => {
+  /** Counts the read-model commits of a store. */
+  const counting = (models: ReadModelStoreShape) => {
+    const counter = { commits: 0 }
+    const store: ReadModelStoreShape = {
+      ...models,
+      commit: (c, next, writes) =>
+        Effect.andThen(
+          Effect.sync(() => counter.commits++),
+          models.commit(c, next, writes),
+        ),
+    }
+    return { store, counter }
+  }
+  const copier = Topology.make({
+    name: "copier",
+    sources: [notes],
+    readModels: ["nte_note"],
+    step: (event, ctx) => ctx.put("nte_note", { id: event.key, text: (event.payload as { text: string }).text }),
+  })
+  /** A first command, then a stream of appends 2 ms apart: the stream stays busy. */
+  const commitsFor = async (lingerMs: number) => {
+    const s = await stores()
+    const { store, counter } = counting(s.models)
+    await Effect.runPromise(
+      withEngine(
+        { depot: s.depot, models: store },
+        decl(copier),
+        (engine) =>
+          Effect.gen(function* () {
+            for (let i = 0; i < 40; i++) {
+              yield* engine.publish("notes", "Written", `n${i % 5}`, { text: `t${i}` }, { id: `m${i}` })
+              yield* Effect.sleep("2 millis")
+            }
+            yield* engine.settle()
+          }),
+        { ...defaultOptions, topology: { ...defaultOptions.topology, lingerMs } },
+      ),
+    )
+    expect(await Effect.runPromise(s.models.scan("nte_note"))).toHaveLength(5)
+    return counter.commits
+  }
+
+  it("a busy live stream waits for short batches to fill, so it commits fewer, larger batches; the result is the same", async () => {
+    const eager = await commitsFor(0)
+    const lingering = await commitsFor(30)
+    expect(eager).toBeGreaterThan(20)
+    expect(lingering).toBeLessThan(eager / 2)
+  })
+
+  it("an idle stream does not wait: a lone command's full reply comes without the linger", async () => {
+    const s = await stores()
+    const t0 = performance.now()
+    const reply = await Effect.runPromise(
+      withEngine(
+        s,
+        decl(copier),
+        (engine) => engine.publish("notes", "Written", "n1", { text: "x" }, { id: "m1", ack: "full" }),
+        { ...defaultOptions, topology: { ...defaultOptions.topology, lingerMs: 10_000 } },
+      ),
+    )
+    expect(reply).toMatchObject({ ok: true, applied: ["copier"] })
+    expect(performance.now() - t0).toBeLessThan(5000)
+  })
+})
