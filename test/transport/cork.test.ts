@@ -30,7 +30,11 @@ describe("corker", () => {
     const cork = corker(connection)
     for (let i = 0; i < 3; i++) cork()
     // amqplib moves channel buffers to the socket in a setImmediate scheduled from a nextTick.
-    process.nextTick(() => setImmediate(() => ["a", "b", "c"].forEach((x) => socket.write(x))))
+    process.nextTick(() =>
+      setImmediate(() => {
+        for (const x of ["a", "b", "c"]) socket.write(x)
+      }),
+    )
     await turn()
     expect(calls).toEqual([3])
   })
