@@ -101,6 +101,9 @@ interface Batch {
 
 const NO_REPLIES: ReadonlyArray<unknown> = []
 
+/** Events per read of history; a catch-up batch folds several before it commits. */
+const READ_CHUNK = 10_000
+
 /** A stream that ran this long before it failed is restarted as promptly as a first failure. */
 const HEALTHY_MS = 30_000
 
@@ -224,84 +227,103 @@ export const make = (
           if (stop !== undefined && next >= stop) return
           const limit = stop === undefined ? options.batchMax : Math.min(options.batchMax, stop - next)
           const catchUp = options.catchUpBatchMax ?? options.batchMax * 25
-          const storeLimit = (from: number) => (stop === undefined ? catchUp : Math.min(catchUp, stop - from))
+          // History is read in chunks and folded into one batch of up to `catchUp` events: many
+          // events coalesce per row, while each chunk's events can be collected young.
+          const chunkOf = (from: number) =>
+            Math.min(READ_CHUNK, stop === undefined ? catchUp : Math.min(catchUp, stop - from))
+          /** Events of history from `from` (the read started ahead, if it is that one); starts the next read. */
+          const readStore = (from: number) =>
+            Effect.gen(function* () {
+              const read = ahead !== undefined && ahead.from === from ? ahead.fiber : undefined
+              if (ahead !== undefined && read === undefined) yield* Fiber.interrupt(ahead.fiber)
+              ahead = undefined
+              const got: ReadonlyArray<Event> =
+                read !== undefined
+                  ? yield* Fiber.join(read)
+                  : yield* retryStore(store.read(depot.name, partition, from, chunkOf(from)))
+              // Fetch the next chunk while this one is folded.
+              const last = got[got.length - 1]
+              if (last !== undefined && got.length === chunkOf(from)) {
+                const after = last.offset + 1
+                if (stop === undefined || after < stop)
+                  ahead = {
+                    from: after,
+                    fiber: yield* Effect.forkChild(
+                      retryStore(store.read(depot.name, partition, after, chunkOf(after))),
+                    ),
+                  }
+              }
+              return got
+            })
           if (lingerMs > 0 && stop === undefined && performance.now() - lastCommit < lingerMs * 4) {
             const short = fromTail(depot.name, partition, next, limit)
             if (short !== undefined && short.length < limit) yield* Effect.sleep(Duration.millis(lingerMs))
           }
-          let events: ReadonlyArray<Event> | undefined = fromTail(depot.name, partition, next, limit)
-          if (events === undefined) {
-            const read = ahead !== undefined && ahead.from === next ? ahead.fiber : undefined
-            if (ahead !== undefined && read === undefined) yield* Fiber.interrupt(ahead.fiber)
-            ahead = undefined
-            const got: ReadonlyArray<Event> =
-              read !== undefined
-                ? yield* Fiber.join(read)
-                : yield* retryStore(store.read(depot.name, partition, next, storeLimit(next)))
-            events = got
-            // Reading history: fetch the next batch while this one is folded and committed.
-            const last = got[got.length - 1]
-            if (last !== undefined && got.length === storeLimit(next)) {
-              const from = last.offset + 1
-              if (stop === undefined || from < stop)
-                ahead = {
-                  from,
-                  fiber: yield* Effect.forkChild(retryStore(store.read(depot.name, partition, from, storeLimit(from)))),
-                }
-            }
-          }
-          if (events === undefined || events.length === 0) {
+          let chunk: ReadonlyArray<Event> | undefined = fromTail(depot.name, partition, next, limit)
+          const fromStore = chunk === undefined
+          if (chunk === undefined) chunk = yield* readStore(next)
+          if (chunk.length === 0) {
             yield* waitForAppend(depot.name, partition, next)
             continue
           }
-          // Load every row the batch will touch, one query per template.
+          const first = (chunk[0] as Event).offset
           const cache = new Map<string, Map<string, Row | null>>()
-          const wanted = new Map<string, Map<string, RowKey>>()
-          if (topology.prefetch)
-            for (const e of events)
-              for (const { template, key } of topology.prefetch(e)) {
-                const m = getOrCreate(wanted, template, () => new Map())
-                m.set(keyId(key), key)
-              }
-          else
-            for (const template of singleKeyModels) {
-              const m = new Map<string, RowKey>()
-              for (const e of events) if (!m.has(e.key)) m.set(e.key, [e.key])
-              wanted.set(template, m)
-            }
-          for (const [template, keys] of wanted) {
-            const rows = yield* retryStore(models.load(template, [...keys.values()]))
-            const m = new Map<string, Row | null>()
-            for (const id of keys.keys()) m.set(id, rows.get(id) ?? null)
-            cache.set(template, m)
-          }
-
           const dirty = new Map<string, Map<string, RowKey>>()
           const batch: Batch = { cache, dirty }
           // Reply values by position in the batch; undefined where an event replied nothing.
           const replies: Array<unknown> = []
           const derived: Array<{ parent: Event; emits: Array<Emit> }> = []
           let processed = 0
+          let lastOffset = next - 1
           let halted: string | undefined
-          for (const event of events) {
-            const outcome = applyNow(event, batch) ?? (yield* apply(event, batch))
-            if (outcome._tag === "Failed") {
-              if (topology.onFailure === "halt") {
-                halted = outcome.error
-                break
+          while (true) {
+            const chunkStart = (chunk[0] as Event).offset
+            // Load every row the chunk will touch that the batch does not hold yet, one query per template.
+            const wanted = new Map<string, Map<string, RowKey>>()
+            const have = (template: string, id: string) => cache.get(template)?.has(id) === true
+            if (topology.prefetch)
+              for (const e of chunk)
+                for (const { template, key } of topology.prefetch(e)) {
+                  const id = keyId(key)
+                  if (!have(template, id)) getOrCreate(wanted, template, () => new Map()).set(id, key)
+                }
+            else
+              for (const template of singleKeyModels) {
+                const m = new Map<string, RowKey>()
+                for (const e of chunk) if (!m.has(e.key) && !have(template, e.key)) m.set(e.key, [e.key])
+                if (m.size > 0) wanted.set(template, m)
               }
-              status.parked.push({ id: event.id, offset: event.offset, error: outcome.error })
-              yield* Effect.logWarning(
-                `topology ${topology.name} parked ${event.id} (${depot.name}/${partition}@${event.offset}): ${outcome.error}`,
-              )
-              processed++
-              continue
+            for (const [template, keys] of wanted) {
+              const rows = yield* retryStore(models.load(template, [...keys.values()]))
+              const m = getOrCreate(cache, template, () => new Map<string, Row | null>())
+              for (const id of keys.keys()) m.set(id, rows.get(id) ?? null)
             }
-            const staged = outcome.staged
-            // Replays have no one waiting for replies.
-            if (staged.hasReply && options.live) replies[processed] = staged.reply
-            if (staged.emits !== undefined) derived.push({ parent: event, emits: staged.emits })
-            processed++
+
+            for (const event of chunk) {
+              const outcome = applyNow(event, batch) ?? (yield* apply(event, batch))
+              if (outcome._tag === "Failed") {
+                if (topology.onFailure === "halt") {
+                  halted = outcome.error
+                  break
+                }
+                status.parked.push({ id: event.id, offset: event.offset, error: outcome.error })
+                yield* Effect.logWarning(
+                  `topology ${topology.name} parked ${event.id} (${depot.name}/${partition}@${event.offset}): ${outcome.error}`,
+                )
+              } else {
+                const staged = outcome.staged
+                // Replays have no one waiting for replies.
+                if (staged.hasReply && options.live) replies[processed] = staged.reply
+                if (staged.emits !== undefined) derived.push({ parent: event, emits: staged.emits })
+              }
+              processed++
+              lastOffset = event.offset
+            }
+            // Another chunk joins this batch only while history goes on and the batch has room for it.
+            if (halted !== undefined || !fromStore || chunk.length < chunkOf(chunkStart)) break
+            if (processed + READ_CHUNK > catchUp || (stop !== undefined && lastOffset + 1 >= stop)) break
+            chunk = yield* readStore(lastOffset + 1)
+            if (chunk.length === 0) break
           }
 
           // Children first, checkpoint after: a crash in between re-runs the batch and the children dedupe.
@@ -326,7 +348,7 @@ export const make = (
             const c = cache.get(template) as Map<string, Row | null>
             for (const [id, key] of keys) writes.push({ template, key, row: c.get(id) ?? null })
           }
-          const newNext = processed > 0 ? (events[processed - 1] as Event).offset + 1 : next
+          const newNext = processed > 0 ? lastOffset + 1 : next
           if (processed > 0 && (yield* commitUnlessFenced(models.commit(cp, newNext, writes)))) {
             // A replay fenced this topology to swap rebuilt read models in: this batch was folded from
             // rows that may be gone, so fold it again from the checkpoint, which waits for the swap.
@@ -340,7 +362,7 @@ export const make = (
           next = newNext
           status.next = next
           lastCommit = performance.now()
-          progress.advance(topology.name, depot.name, partition, next, (events[0] as Event).offset, replies)
+          progress.advance(topology.name, depot.name, partition, next, first, replies)
           if (halted !== undefined) {
             status.state = "halted"
             status.error = halted
