@@ -21,7 +21,7 @@ const settings: MariaDb.MariaDbSettings = {
   user: "root",
   password: "",
   database: "beds_bench",
-  pool: Number(process.env.BENCH_POOL ?? 8),
+  pool: 8,
   connect_timeout_ms: 5000,
 }
 
@@ -103,7 +103,7 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
     await Effect.runPromise(
       Effect.flatMap(MariaDbDepot.make(), (s) => s.open([accounts])).pipe(Effect.provideContext(ctx)),
     )
-    const rawRowsPerSec = process.env.BENCH_SKIP_RAW ? 1 : await rawInsert(n)
+    const rawRowsPerSec = await rawInsert(n)
 
     const stores = await Effect.runPromise(
       Effect.gen(function* () {
