@@ -34,7 +34,7 @@ import * as MariaDb from "../src/mariadb/client.ts"
 import * as MemoryModels from "../src/readmodel/memory.ts"
 import { ReadModelStore } from "../src/readmodel/store.ts"
 import type { Declarations } from "../src/runtime/engine.ts"
-import { fmt, peakRssMb, progress, summarize } from "./support.ts"
+import { fillEvents, fmt, peakRssMb, progress, summarize } from "./support.ts"
 
 const settings: MariaDb.MariaDbSettings = {
   host: "127.0.0.1",
@@ -53,7 +53,6 @@ const DEPTH = 10
 const FANOUT = 10
 const WIDE = 10_000
 const WARMUP = 5
-const ROWS_PER_INSERT = 2000
 const COLUMNS = "depot, part, off, id, type, `key`, version, payload, time, parent, root, message_id, metadata"
 
 const TARGET_ANCESTORS_MS = 5
@@ -202,50 +201,6 @@ const eventRows = function* (n: number) {
   }
 }
 
-/** Multi-row INSERTs of 2,000 rows, 10 per transaction, one connection. */
-const fill = async (n: number) => {
-  const conn = await mariadb.createConnection({ ...settings, bigIntAsNumber: true })
-  try {
-    const bar = progress("filling beds_event", n)
-    const t0 = performance.now()
-    let rows: Array<unknown> = []
-    let count = 0
-    let statements = 0
-    const flush = async () => {
-      if (count === 0) return
-      if (statements % 10 === 0) await conn.beginTransaction()
-      await conn.query(
-        `INSERT INTO beds_event (${COLUMNS}) VALUES ${Array.from({ length: count }, () => "(?,?,?,?,?,?,?,?,?,?,?,?,?)").join(",")}`,
-        rows,
-      )
-      statements++
-      if (statements % 10 === 0) await conn.commit()
-      rows = []
-      count = 0
-    }
-    const gen = eventRows(n)
-    let done = 0
-    let step = gen.next()
-    while (step.done !== true) {
-      rows.push(...step.value)
-      count++
-      done++
-      if (count === ROWS_PER_INSERT) {
-        await flush()
-        bar.update(done)
-      }
-      step = gen.next()
-    }
-    await flush()
-    if (statements % 10 !== 0) await conn.commit()
-    bar.update(done)
-    bar.stop()
-    return { ...step.value, perSec: step.value.events / ((performance.now() - t0) / 1000) }
-  } finally {
-    await conn.end()
-  }
-}
-
 /** Runs `op` WARMUP times unmeasured, then `reps` times; p50/p99 in ms. */
 const measure = async (label: string, reps: number, op: () => Promise<void>): Promise<Latency> => {
   for (let i = 0; i < WARMUP; i++) await op()
@@ -303,7 +258,8 @@ export const runLineageBench = async (n: number, reps: number, scatteredReps: nu
         return { depot, lookups: yield* AuditMariaDb.lookups }
       }).pipe(Effect.provideContext(ctx)),
     )
-    const filled = await fill(n)
+    const fill = await fillEvents(settings, n, eventRows(n))
+    const filled = { ...fill.result, perSec: fill.perSec }
     const run = <A, E>(effect: Effect.Effect<A, E, DepotStore>) =>
       Effect.runPromise(Effect.provideService(effect, DepotStore, depot))
     const conn = await mariadb.createConnection({ ...settings, bigIntAsNumber: true })

@@ -25,7 +25,7 @@ import { ReadModelStore, type ReadModelStoreShape } from "../src/readmodel/store
 import { type ReplayProgress, type ReplaySummary, replay } from "../src/replay/replay.ts"
 import type { Declarations } from "../src/runtime/engine.ts"
 import { loadTemplates } from "../src/template/load.ts"
-import { fmt, peakRssMb, progress } from "./support.ts"
+import { fillEvents, fmt, peakRssMb, progress } from "./support.ts"
 
 const settings: MariaDb.MariaDbSettings = {
   host: "127.0.0.1",
@@ -73,72 +73,23 @@ const eventRows = function* (n: number) {
     heads[part] = off + 1
     versions[k] = (versions[k] as number) + 1
     const id = `accounts:${part}:${off}`
-    yield {
+    yield [
+      "accounts",
       part,
       off,
-      row: [
-        "accounts",
-        part,
-        off,
-        id,
-        typeOf(i),
-        `acc-${k}`,
-        versions[k],
-        JSON.stringify(payloadOf(i)),
-        time,
-        null,
-        id,
-        `m-${i}`,
-        "{}",
-      ],
-    }
+      id,
+      typeOf(i),
+      `acc-${k}`,
+      versions[k],
+      JSON.stringify(payloadOf(i)),
+      time,
+      null,
+      id,
+      `m-${i}`,
+      "{}",
+    ]
   }
   return heads
-}
-
-/** Multi-row INSERTs of 2,000 rows, 10 per transaction. */
-const fillMariaDb = async (n: number): Promise<{ heads: Array<number>; perSec: number }> => {
-  const conn = await mariadb.createConnection({ ...settings, bigIntAsNumber: true })
-  try {
-    const bar = progress("filling beds_event", n)
-    const t0 = performance.now()
-    const ROWS = 2000
-    let rows: Array<unknown> = []
-    let count = 0
-    let statements = 0
-    const flush = async () => {
-      if (count === 0) return
-      const placeholders = Array.from({ length: count }, () => "(?,?,?,?,?,?,?,?,?,?,?,?,?)").join(",")
-      if (statements % 10 === 0) await conn.beginTransaction()
-      await conn.query(
-        `INSERT INTO beds_event (depot, part, off, id, type, \`key\`, version, payload, time, parent, root, message_id, metadata) VALUES ${placeholders}`,
-        rows,
-      )
-      statements++
-      if (statements % 10 === 0) await conn.commit()
-      rows = []
-      count = 0
-    }
-    const gen = eventRows(n)
-    let done = 0
-    let step = gen.next()
-    while (step.done !== true) {
-      rows.push(...step.value.row)
-      count++
-      done++
-      if (count === ROWS) {
-        await flush()
-        bar.update(done)
-      }
-      step = gen.next()
-    }
-    await flush()
-    if (statements % 10 !== 0) await conn.commit()
-    bar.stop()
-    return { heads: step.value, perSec: n / ((performance.now() - t0) / 1000) }
-  } finally {
-    await conn.end()
-  }
 }
 
 /** Reads every partition in offset order, 10,000 rows per query, with the plain driver. */
@@ -231,7 +182,8 @@ export const runReplayBench = async (n: number): Promise<ReplayBenchResult> => {
       }).pipe(Effect.provideContext(ctx)),
     )
     void open
-    const fill = await fillMariaDb(n)
+    const filled = await fillEvents(settings, n, eventRows(n))
+    const fill = { heads: filled.result, perSec: filled.perSec }
     const rawReadPerSec = await rawRead(fill.heads)
     const { depot, models } = await Effect.runPromise(
       Effect.gen(function* () {

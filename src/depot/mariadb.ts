@@ -123,39 +123,28 @@ const DESCENDANTS = { sql: `${SELECT} WHERE id >= ? AND id < ? ORDER BY id LIMIT
 
 type Row = ReadonlyArray<unknown>
 
-/** An event from a row selected with `SELECT` (rowsAsArray). */
-export const toEvent = (r: Row): Event => ({
-  depot: r[0] as string,
-  partition: r[1] as number,
-  offset: r[2] as number,
-  id: r[3] as string,
-  type: r[4] as string,
-  key: r[5] as string,
-  version: r[6] as number,
-  payload: JSON.parse(r[7] as string),
-  time: r[8] as number,
-  parent: r[9] as string | null,
-  root: r[10] as string,
-  messageId: r[11] as string,
-  metadata: r[12] === "{}" ? NO_METADATA : JSON.parse(r[12] as string),
-})
-
-/** An event from a row of READ: the columns after depot and partition. */
-const toPartitionEvent = (depot: string, partition: number, r: Row): Event => ({
+/** An event of a depot partition from a row whose columns from `off` on start at index `at`. */
+const eventAt = (depot: string, partition: number, r: Row, at: number): Event => ({
   depot,
   partition,
-  offset: r[0] as number,
-  id: r[1] as string,
-  type: r[2] as string,
-  key: r[3] as string,
-  version: r[4] as number,
-  payload: JSON.parse(r[5] as string),
-  time: r[6] as number,
-  parent: r[7] as string | null,
-  root: r[8] as string,
-  messageId: r[9] as string,
-  metadata: r[10] === "{}" ? NO_METADATA : JSON.parse(r[10] as string),
+  offset: r[at] as number,
+  id: r[at + 1] as string,
+  type: r[at + 2] as string,
+  key: r[at + 3] as string,
+  version: r[at + 4] as number,
+  payload: JSON.parse(r[at + 5] as string),
+  time: r[at + 6] as number,
+  parent: r[at + 7] as string | null,
+  root: r[at + 8] as string,
+  messageId: r[at + 9] as string,
+  metadata: r[at + 10] === "{}" ? NO_METADATA : JSON.parse(r[at + 10] as string),
 })
+
+/** An event from a row selected with `SELECT` (rowsAsArray). */
+export const toEvent = (r: Row): Event => eventAt(r[0] as string, r[1] as number, r, 2)
+
+/** An event from a row of READ, which leaves out the depot and partition it asked for. */
+const toPartitionEvent = (depot: string, partition: number, r: Row): Event => eventAt(depot, partition, r, 0)
 
 /** Most events carry no metadata: one shared, frozen empty object for all of them. */
 const NO_METADATA: Readonly<Record<string, string>> = Object.freeze({})
