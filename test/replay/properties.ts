@@ -11,7 +11,7 @@ import { DepotStore } from "../../src/depot/store.ts"
 import { ReadModelStore, type ReadModelStoreShape } from "../../src/readmodel/store.ts"
 import type { ReplayError } from "../../src/replay/error.ts"
 import { type ReplayOptions, type ReplaySummary, replay } from "../../src/replay/replay.ts"
-import type { Declarations } from "../../src/runtime/engine.ts"
+import type { Declarations, EngineShape } from "../../src/runtime/engine.ts"
 import type { Row } from "../../src/template/template.ts"
 import { withEngine } from "../support/engine.ts"
 import {
@@ -181,6 +181,20 @@ const killArbitrary: fc.Arbitrary<Kill> = fc.oneof(
 
 const keysOf = (rows: ReadonlyArray<Row>) => rows.map((r) => r.account_id as string).sort()
 
+/** The engine goes on projecting onto the swapped-in model: one more `full` command, and the models still equal the fold. */
+const goesOnProjecting = (
+  engine: EngineShape,
+  stores: Stores,
+  declarations: Declarations,
+  command: { readonly key: string; readonly amount: number; readonly id: string },
+) =>
+  Effect.gen(function* () {
+    const { key, amount, id } = command
+    const r = yield* engine.publish("accounts", "Deposited", key, { amount }, { id, ack: "full" })
+    expect(r.ok).toBe(true)
+    yield* expectReadModelsEqualFold(stores, declarations)
+  })
+
 /** Properties every store pairing with replay support must satisfy. */
 export const replayProperties = (
   name: string,
@@ -204,16 +218,7 @@ export const replayProperties = (
               expect(summary.mode).toBe("swap")
               expect(yield* stores.models.scan("acc_balance")).toEqual(before)
               yield* expectReadModelsEqualFold(stores, decl)
-              // The engine goes on projecting onto the swapped-in model.
-              const r = yield* engine.publish(
-                "accounts",
-                "Deposited",
-                "a",
-                { amount: 7 },
-                { id: "after-swap", ack: "full" },
-              )
-              expect(r.ok).toBe(true)
-              yield* expectReadModelsEqualFold(stores, decl)
+              yield* goesOnProjecting(engine, stores, decl, { key: "a", amount: 7, id: "after-swap" })
             }),
           ),
         )
@@ -251,15 +256,7 @@ export const replayProperties = (
                 const rows = yield* stores.models.scan("acc_balance")
                 expect(rows.every((r) => (r.events as number) < MARK)).toBe(true)
                 yield* expectReadModelsEqualFold(stores, decl)
-                const r = yield* engine.publish(
-                  "accounts",
-                  "Deposited",
-                  "b",
-                  { amount: 3 },
-                  { id: "after", ack: "full" },
-                )
-                expect(r.ok).toBe(true)
-                yield* expectReadModelsEqualFold(stores, decl)
+                yield* goesOnProjecting(engine, stores, decl, { key: "b", amount: 3, id: "after" })
               }),
             ),
           )
