@@ -91,6 +91,13 @@ export const Config = Schema.Struct({
      * transactions. Idle streams never wait. Absent: 0.
      */
     linger_ms: Schema.optionalKey(NonNegative),
+    /**
+     * Read-model rows each stream keeps between batches per template, so
+     * it need not load them again (MariaDB tables). A row another writer
+     * changed is caught at commit; one edited by hand without a new
+     * beds_last_id is overwritten at its next event. Absent: 0 (off).
+     */
+    keep_rows: Schema.optionalKey(NonNegative),
   }),
   /** Node roles by name: the depots and topologies each serves ("*" = all). */
   roles: Schema.Record(

@@ -10,6 +10,7 @@
 import { Effect, Layer } from "effect"
 import type * as mariadb from "mariadb"
 import { StoreError } from "../errors.ts"
+import { getOrCreate } from "../internal/map.ts"
 import { MariaDb, type MariaDbShape } from "../mariadb/client.ts"
 import {
   type ActualTable,
@@ -61,6 +62,9 @@ interface Compiled {
   readonly update: string
   readonly lock: string
   readonly delete: string
+  /** Upsert and DELETE of a row whose LAST_EVENT_COLUMN still holds the lineage ID the writer saw. */
+  readonly updateIf: string
+  readonly deleteIf: string
   /**
    * With a unique secondary index, INSERT ... ON DUPLICATE KEY UPDATE would
    * update whichever row holds the clashing value instead of refusing the
@@ -69,6 +73,10 @@ interface Compiled {
    */
   readonly uniqueSecondary: boolean
 }
+
+// The seen lineage ID, converted to the ASCII of its column by the statement: MariaDB 10.11's bulk
+// execution converts a parameter compared in ON DUPLICATE KEY UPDATE once, for the first row only.
+const SEEN = "CONVERT(? USING ascii)"
 
 const compile = (t: Template, tableName: string = t.name): Compiled => {
   const table = quoteId(tableName)
@@ -80,6 +88,7 @@ const compile = (t: Template, tableName: string = t.name): Compiled => {
   const list = names.join(", ")
   const isKey = new Set(t.key)
   const rest = columns.filter((c) => !isKey.has(c.name)).map((c) => quoteId(c.name))
+  const last = quoteId(LAST_EVENT_COLUMN)
   const keyMatch = t.key.map((k) => `${quoteId(k)} = ?`).join(" AND ")
   const single = t.key.length === 1
   const keyWhere = (count: number): string =>
@@ -99,6 +108,15 @@ const compile = (t: Template, tableName: string = t.name): Compiled => {
     update: `UPDATE ${table} SET ${rest.map((c) => `${c} = ?`).join(", ")} WHERE ${keyMatch}`,
     lock: `SELECT ${t.key.map(quoteId).join(", ")} FROM ${table} WHERE `,
     delete: `DELETE FROM ${table} WHERE ${keyMatch}`,
+    // An upsert that changes a row only where it still holds the lineage ID the writer saw (the
+    // last ?). Assignments run left to right: the first one tests the row and records the answer
+    // in a session variable, which the others read. A row changed counts 2 affected rows, one
+    // left alone or inserted 1. (Bulk upserts cost the server less than bulk UPDATEs.)
+    updateIf: `INSERT INTO ${table} (${list}) VALUES (${placeholders}) ON DUPLICATE KEY UPDATE ${last} = IF((@beds_seen := (${last} = ${SEEN})), VALUES(${last}), ${last})${rest
+      .filter((c) => c !== last)
+      .map((c) => `, ${c} = IF(@beds_seen, VALUES(${c}), ${c})`)
+      .join("")}`,
+    deleteIf: `DELETE FROM ${table} WHERE ${keyMatch} AND ${quoteId(LAST_EVENT_COLUMN)} = ${SEEN}`,
     uniqueSecondary: t.indexes.some((i) => i.unique),
   }
 }
@@ -178,7 +196,23 @@ interface TableWrites {
   readonly c: Compiled
   readonly deletes: Array<RowKey>
   readonly upserts: Array<{ readonly key: RowKey; readonly row: Row }>
+  /** Conditional writes (see `seen` in the port): each must find the row as the writer saw it. */
+  readonly checked: {
+    readonly deletes: Array<{ readonly key: RowKey; readonly seen: string | null }>
+    readonly updates: Array<{ readonly key: RowKey; readonly row: Row; readonly seen: string }>
+    readonly inserts: Array<{ readonly key: RowKey; readonly row: Row }>
+  }
 }
+
+/** A conditional write found its row changed since the writer saw it. */
+class RowConflict extends Error {}
+
+const affected = (result: unknown): number =>
+  Array.isArray(result)
+    ? result.reduce((n: number, r: { affectedRows?: number }) => n + Number(r.affectedRows ?? 0), 0)
+    : Number((result as { affectedRows?: number }).affectedRows ?? 0)
+
+const DUPLICATE_KEY = 1062
 
 /**
  * Where a store instance keeps its rows and checkpoints: the live models
@@ -295,7 +329,7 @@ const build = (db: MariaDbShape, naming: Naming) => {
   const prepare = (writes: ReadonlyArray<RowWrite>): Effect.Effect<ReadonlyArray<TableWrites>, StoreError> =>
     Effect.suspend(() => {
       const groups = new Map<string, TableWrites>()
-      const seen = new Set<string>()
+      const touched = new Map<string, Set<string>>()
       for (const w of writes) {
         const c = compiled.get(w.template)
         if (c === undefined)
@@ -306,16 +340,30 @@ const build = (db: MariaDbShape, naming: Naming) => {
           )
         const k = checkKey(c.template, w.key)
         if (!k.ok) return Effect.fail(failed(`Commit refused: ${k.problem}. Nothing was written.`))
-        const touch = JSON.stringify([w.template, keyId(k.value)])
-        if (seen.has(touch))
+        const ids = getOrCreate(touched, w.template, () => new Set<string>())
+        const id = keyId(k.value)
+        if (ids.has(id))
           return Effect.fail(
             failed(`Commit refused: ${w.template} row ${describeKey(k.value)} is written twice in one batch.`),
           )
-        seen.add(touch)
-        const group = groups.get(w.template) ?? { c, deletes: [], upserts: [] }
+        ids.add(id)
+        const group = groups.get(w.template) ?? {
+          c,
+          deletes: [],
+          upserts: [],
+          checked: { deletes: [], updates: [], inserts: [] },
+        }
         groups.set(w.template, group)
+        const checked = w.seen !== undefined && !c.uniqueSecondary
+        if (checked && w.seen !== null && typeof w.seen !== "string")
+          return Effect.fail(
+            failed(
+              `Commit refused: ${w.template} row ${describeKey(k.value)} has a seen of ${typeof w.seen}, not a lineage ID or null. Nothing was written.`,
+            ),
+          )
         if (w.row === null) {
-          group.deletes.push(k.value)
+          if (checked) group.checked.deletes.push({ key: k.value, seen: w.seen as string | null })
+          else group.deletes.push(k.value)
           continue
         }
         const r = checkRow(c.template, w.row)
@@ -327,15 +375,89 @@ const build = (db: MariaDbShape, naming: Naming) => {
               `Commit refused: ${w.template} write for key ${describeKey(k.value)} carries a row whose key is ${describeKey(rowKey)}. Nothing was written.`,
             ),
           )
-        group.upserts.push({ key: k.value, row: r.value })
+        if (!checked) group.upserts.push({ key: k.value, row: r.value })
+        else if (w.seen === null) group.checked.inserts.push({ key: k.value, row: r.value })
+        else group.checked.updates.push({ key: k.value, row: r.value, seen: w.seen as string })
       }
       return Effect.succeed([...groups.values()])
     })
 
   const params = (c: Compiled, row: Row): Array<unknown> => c.columns.map((col) => toDb(col.field, row[col.name]))
 
+  /** Conditional writes: a row that is no longer as its writer saw it throws RowConflict. */
+  const writeChecked = async (conn: mariadb.PoolConnection, g: TableWrites): Promise<void> => {
+    const { c, checked } = g
+    const name = c.template.name
+    const present = checked.deletes.filter((d) => d.seen !== null)
+    const absent = checked.deletes.filter((d) => d.seen === null)
+    // Sent together (the connection pipelines them), then each answer checked.
+    const expect = async (result: Promise<unknown>, n: number, what: string) => {
+      const got = affected(await result)
+      if (got !== n) throw new RowConflict(`${name} row(s) to ${what}`)
+    }
+    const pending: Array<Promise<void>> = []
+    if (present.length > 0)
+      pending.push(
+        expect(
+          conn.batch(
+            c.deleteIf,
+            present.map((d) => [...d.key, d.seen]),
+          ),
+          present.length,
+          "delete",
+        ),
+      )
+    // A row the writer saw absent and now deletes must still be absent: nothing may go.
+    if (absent.length > 0)
+      pending.push(
+        expect(
+          conn.batch(
+            c.delete,
+            absent.map((d) => [...d.key]),
+          ),
+          0,
+          "leave deleted",
+        ),
+      )
+    if (checked.updates.length > 0)
+      pending.push(
+        expect(
+          conn.batch(
+            c.updateIf,
+            checked.updates.map((u) => {
+              const p = params(c, u.row)
+              p.push(u.seen)
+              return p
+            }),
+          ),
+          2 * checked.updates.length,
+          "update",
+        ),
+      )
+    if (checked.inserts.length > 0)
+      pending.push(
+        conn
+          .batch(
+            c.insert,
+            checked.inserts.map((u) => params(c, u.row)),
+          )
+          .then(
+            () => undefined,
+            (e: { errno?: number }) => {
+              // Conditional templates have no unique secondary index: a clash is on the key.
+              if (e?.errno === DUPLICATE_KEY) throw new RowConflict(`a ${name} row to insert that exists`)
+              throw e
+            },
+          ),
+      )
+    const settled = await Promise.allSettled(pending)
+    const conflict = settled.find((r): r is PromiseRejectedResult => r.status === "rejected")
+    if (conflict !== undefined) throw conflict.reason
+  }
+
   const writeTable = async (conn: mariadb.PoolConnection, g: TableWrites): Promise<void> => {
     const { c } = g
+    await writeChecked(conn, g)
     // Deletes first, so a value a deleted row held in a unique index is free for the rows written after it.
     if (g.deletes.length > 0)
       await conn.batch(
@@ -404,6 +526,15 @@ const build = (db: MariaDbShape, naming: Naming) => {
             const fenced = generation !== undefined && failed === undefined && (await generation) !== saw
             if (failed !== undefined || fenced) {
               await conn.rollback().catch(() => undefined)
+              if (failed?.reason instanceof RowConflict) {
+                // A retry of a commit that landed finds its own rows: the checkpoint says so.
+                if ((await checkpointOn(conn, checkpoint)) === next) return
+                throw new StoreError({
+                  code: "ROW_CONFLICT",
+                  message: `Commit refused: ${failed.reason.message} changed since topology ${checkpoint.topology} read them (${checkpoint.depot}/${checkpoint.partition}); another writer touched its read model. Load the rows again and fold again. Nothing was written.`,
+                  retryable: false,
+                })
+              }
               if (failed !== undefined) throw failed.reason
               throw new StoreError({
                 code: "FENCED",
@@ -417,18 +548,16 @@ const build = (db: MariaDbShape, naming: Naming) => {
         .pipe(Effect.mapError((e) => (e.cause instanceof StoreError ? e.cause : e)))
     })
 
-  const readCheckpoint = (c: CheckpointId) =>
-    Effect.map(
-      db.run(
-        `Reading checkpoint ${c.topology}/${c.depot}/${c.partition}`,
-        (pool) =>
-          pool.query(
-            `SELECT \`next\` FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ? AND \`depot\` = ? AND \`part\` = ?`,
-            [naming.topology(c.topology), c.depot, c.partition],
-          ) as Promise<Array<{ next: number }>>,
-      ),
-      (rows) => Number(rows[0]?.next ?? 0),
+  const checkpointOn = async (q: mariadb.Pool | mariadb.PoolConnection, c: CheckpointId): Promise<number> => {
+    const rows: Array<{ next: number }> = await q.query(
+      `SELECT \`next\` FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ? AND \`depot\` = ? AND \`part\` = ?`,
+      [naming.topology(c.topology), c.depot, c.partition],
     )
+    return Number(rows[0]?.next ?? 0)
+  }
+
+  const readCheckpoint = (c: CheckpointId) =>
+    db.run(`Reading checkpoint ${c.topology}/${c.depot}/${c.partition}`, (pool) => checkpointOn(pool, c))
 
   // The generation is read before the checkpoint: a fence in between makes the first commit fail, never pass.
   const checkpoint: ReadModelStoreShape["checkpoint"] = (c) =>
@@ -479,6 +608,10 @@ const build = (db: MariaDbShape, naming: Naming) => {
       scan,
       reset,
       check: (writes) => Effect.asVoid(prepare(writes)),
+      conditional: (template) => {
+        const c = compiled.get(template)
+        return c !== undefined && !c.uniqueSecondary
+      },
     }),
     compiled,
   }

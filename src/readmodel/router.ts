@@ -335,7 +335,17 @@ export const make = (options: RouterOptions): Effect.Effect<ReadModelStoreShape>
       backendOf: (name) => backends.get(name) ?? templates.get(name)?.backend,
       topologies: options.topologies,
     })
-    const routing = ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, check, replay })
+    // Only REL-only topologies commit straight to one backend; a topology writing both goes through
+    // the outbox, whose pending batch a refused REL commit would leave behind.
+    const conditional = (name: string): boolean => {
+      const t = templates.get(name)
+      const store = t === undefined ? undefined : t.backend === "rel" ? rel : rec
+      const writers = options.topologies?.filter((x) => x.readModels.includes(name)) ?? []
+      return (
+        store?.conditional?.(name) === true && writers.length > 0 && writers.every((w) => single(w.name) === t?.backend)
+      )
+    }
+    const routing = ReadModelStore.of({ ensure, load, commit, checkpoint, scan, reset, check, replay, conditional })
     declared.set(routing, (list) => {
       for (const t of list) if (!backends.has(t.name)) backends.set(t.name, t.backend)
     })

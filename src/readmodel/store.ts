@@ -17,6 +17,13 @@ export interface RowWrite {
   readonly template: string
   readonly key: RowKey
   readonly row: Row | null
+  /**
+   * The row as the writer last saw it: null when absent, else the lineage ID
+   * in its LAST_EVENT_COLUMN. A store that is `conditional` for the template
+   * refuses the commit with ROW_CONFLICT when the row is no longer so;
+   * undefined writes unconditionally.
+   */
+  readonly seen?: string | null | undefined
 }
 
 /** Which stream of events a checkpoint belongs to. */
@@ -40,6 +47,15 @@ export interface ReadModelStoreShape {
     next: number,
     writes: ReadonlyArray<RowWrite>,
   ) => Effect.Effect<void, StoreError>
+  /**
+   * True when `commit` checks the `seen` of this template's writes. A writer
+   * may then keep rows between batches instead of loading them again: a row
+   * changed behind its back fails the commit instead of being overwritten.
+   * A refused commit fails with ROW_CONFLICT and writes nothing, unless the
+   * checkpoint already stands at `next` (an earlier attempt of the same
+   * commit landed), in which case it succeeds without writing.
+   */
+  readonly conditional?: ((template: string) => boolean) | undefined
   /** The next offset to process for a checkpoint (0 when none is stored). */
   readonly checkpoint: (checkpoint: CheckpointId) => Effect.Effect<number, StoreError>
   /** Every row of a template, in key order. */

@@ -34,6 +34,8 @@ export interface EngineOptions {
     readonly retryBaseMs: number
     /** See RunnerOptions.lingerMs. */
     readonly lingerMs?: number | undefined
+    /** See RunnerOptions.keepRows. */
+    readonly keepRows?: number | undefined
   }
   readonly allowExternalParents: boolean
   readonly now?: () => number
@@ -111,6 +113,7 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
       retries: options.topology.retries,
       retryBaseMs: options.topology.retryBaseMs,
       lingerMs: options.topology.lingerMs,
+      keepRows: options.topology.keepRows,
       live: true,
     }).pipe(Effect.provideService(DepotWriter, writer), Effect.provideService(Progress.Progress, progress))
 

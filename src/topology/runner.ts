@@ -47,6 +47,15 @@ export interface RunnerOptions {
    * once, so a lone command's `full` reply never waits for it.
    */
   readonly lingerMs?: number | undefined
+  /**
+   * Rows a stream keeps between batches, per template, instead of loading
+   * them again (only where the store checks `seen`, see the read-model port,
+   * and only rows whose key belongs to the stream's partition). A row
+   * another writer changed is caught at commit by its new last-event ID; a
+   * row edited by hand with its last-event ID left as it was is not, and is
+   * overwritten from the kept copy at its next event. Default: 0 (off).
+   */
+  readonly keepRows?: number | undefined
   /** Retries of a failing handler before the topology's policy applies. */
   readonly retries: number
   readonly retryBaseMs: number
@@ -97,7 +106,12 @@ interface Staged {
 interface Batch {
   readonly cache: Map<string, Map<string, Row | null>>
   readonly dirty: Map<string, Map<string, RowKey>>
+  /** Rows of conditional templates as the store held them when the batch got them (see RowWrite.seen). */
+  readonly seen: Map<string, Map<string, string | null>>
 }
+
+/** Loads rows of a template the batch does not hold yet into its cache. */
+type Fill = (batch: Batch, template: string, keys: ReadonlyMap<string, RowKey>) => Effect.Effect<void, StoreError>
 
 const NO_REPLIES: ReadonlyArray<unknown> = []
 
@@ -216,7 +230,65 @@ export const make = (
         status.next = next
         progress.advance(topology.name, depot.name, partition, next, next, NO_REPLIES)
         const singleKeyModels = topology.readModels.filter((n) => templateByName.get(n)?.key.length === 1)
-        const { apply, applyNow } = makeApplier(topology, templateByName, options, models, depotByName)
+        // Rows of conditional templates are written with what the batch saw of them, so the rows of
+        // this partition's keys can be kept from one batch to the next: a change made behind the
+        // stream's back fails the commit (ROW_CONFLICT), and the batch is folded again from the store.
+        const conditional = new Set(topology.readModels.filter((n) => models.conditional?.(n) === true))
+        const keepRows = options.keepRows ?? 0
+        const keepable = keepRows > 0 ? singleKeyModels.filter((n) => conditional.has(n)) : []
+        const kept = new Map<string, Map<string, Row | null>>()
+        const fill: Fill = (b, template, keys) => {
+          const into = getOrCreate(b.cache, template, () => new Map<string, Row | null>())
+          const seen = conditional.has(template) ? getOrCreate(b.seen, template, () => new Map()) : undefined
+          const see = (id: string, row: Row | null) => {
+            const last = row === null ? null : row[LAST_EVENT_COLUMN]
+            if (seen !== undefined && (last === null || typeof last === "string")) seen.set(id, last)
+          }
+          const keep = kept.get(template)
+          let wanted = keys
+          if (keep !== undefined && keep.size > 0) {
+            const rest = new Map<string, RowKey>()
+            for (const [id, key] of keys) {
+              const row = keep.get(id)
+              if (row === undefined) rest.set(id, key)
+              else {
+                into.set(id, row)
+                see(id, row)
+              }
+            }
+            wanted = rest
+          }
+          if (wanted.size === 0) return Effect.void
+          return Effect.map(models.load(template, [...wanted.values()]), (rows) => {
+            for (const id of wanted.keys()) {
+              const row = rows.get(id) ?? null
+              into.set(id, row)
+              see(id, row)
+            }
+          })
+        }
+        /** After a commit: the batch's rows of this partition's keys are what the store holds. */
+        const keepCommitted = (b: Batch) => {
+          for (const template of keepable) {
+            const rows = b.cache.get(template)
+            if (rows === undefined) continue
+            const keep = getOrCreate(kept, template, () => new Map<string, Row | null>())
+            for (const [id, row] of rows) {
+              if (DepotDecl.partitionOf(id, depot.partitions) !== partition) continue
+              // Re-inserted, so the map's order is least recently used first.
+              keep.delete(id)
+              keep.set(id, row)
+            }
+            if (keep.size > keepRows) {
+              let drop = keep.size - keepRows
+              for (const id of keep.keys()) {
+                if (drop-- <= 0) break
+                keep.delete(id)
+              }
+            }
+          }
+        }
+        const { apply, applyNow } = makeApplier(topology, templateByName, options, models, depotByName, fill)
         const lingerMs = options.lingerMs ?? 0
         let lastCommit = Number.NEGATIVE_INFINITY
         // A read of the next batch of history, started while the current one is folded.
@@ -269,7 +341,7 @@ export const make = (
           const first = (chunk[0] as Event).offset
           const cache = new Map<string, Map<string, Row | null>>()
           const dirty = new Map<string, Map<string, RowKey>>()
-          const batch: Batch = { cache, dirty }
+          const batch: Batch = { cache, dirty, seen: new Map() }
           // Reply values by position in the batch; undefined where an event replied nothing.
           const replies: Array<unknown> = []
           const derived: Array<{ parent: Event; emits: Array<Emit> }> = []
@@ -293,11 +365,7 @@ export const make = (
                 for (const e of chunk) if (!m.has(e.key) && !have(template, e.key)) m.set(e.key, [e.key])
                 if (m.size > 0) wanted.set(template, m)
               }
-            for (const [template, keys] of wanted) {
-              const rows = yield* retryStore(models.load(template, [...keys.values()]))
-              const m = getOrCreate(cache, template, () => new Map<string, Row | null>())
-              for (const id of keys.keys()) m.set(id, rows.get(id) ?? null)
-            }
+            for (const [template, keys] of wanted) yield* retryStore(fill(batch, template, keys))
 
             for (const event of chunk) {
               const outcome = applyNow(event, batch) ?? (yield* apply(event, batch))
@@ -346,19 +414,30 @@ export const make = (
           const writes: Array<RowWrite> = []
           for (const [template, keys] of dirty) {
             const c = cache.get(template) as Map<string, Row | null>
-            for (const [id, key] of keys) writes.push({ template, key, row: c.get(id) ?? null })
+            const seen = batch.seen.get(template)
+            for (const [id, key] of keys) {
+              const row = c.get(id) ?? null
+              const was = seen?.get(id)
+              writes.push(was === undefined ? { template, key, row } : { template, key, row, seen: was })
+            }
           }
           const newNext = processed > 0 ? lastOffset + 1 : next
-          if (processed > 0 && (yield* commitUnlessFenced(models.commit(cp, newNext, writes)))) {
-            // A replay fenced this topology to swap rebuilt read models in: this batch was folded from
-            // rows that may be gone, so fold it again from the checkpoint, which waits for the swap.
+          const refused = processed > 0 ? yield* commitOrRefold(models.commit(cp, newNext, writes)) : undefined
+          if (refused !== undefined) {
+            // FENCED: a replay swapped rebuilt read models in, so this batch was folded from rows that
+            // may be gone. ROW_CONFLICT: a row changed behind the stream's back. Either way the kept
+            // rows are stale: fold again from the checkpoint (which waits for a swap to finish).
+            kept.clear()
             next = yield* retryStore(models.checkpoint(cp))
             status.next = next
             yield* Effect.logInfo(
-              `topology ${topology.name} ${depot.name}/${partition}: read models swapped by a replay; resuming at ${next}`,
+              refused === "FENCED"
+                ? `topology ${topology.name} ${depot.name}/${partition}: read models swapped by a replay; resuming at ${next}`
+                : `topology ${topology.name} ${depot.name}/${partition}: a read-model row changed behind this stream; folding again from ${next}`,
             )
             continue
           }
+          keepCommitted(batch)
           next = newNext
           status.next = next
           lastCommit = performance.now()
@@ -415,14 +494,14 @@ export const make = (
     })
   })
 
-/** Commits; true when the store refused with FENCED (see the read-model port), other failures as retryStore. */
-const commitUnlessFenced = (commit: Effect.Effect<void, StoreError>) =>
+/** Commits; the code when the store refused with FENCED or ROW_CONFLICT (see the port), other failures as retryStore. */
+const commitOrRefold = (commit: Effect.Effect<void, StoreError>) =>
   retryStore(
     commit.pipe(
-      Effect.as(false),
+      Effect.as(undefined),
       Effect.catchIf(
-        (e) => e.code === "FENCED",
-        () => Effect.succeed(true),
+        (e) => e.code === "FENCED" || e.code === "ROW_CONFLICT",
+        (e) => Effect.succeed(e.code as "FENCED" | "ROW_CONFLICT"),
       ),
     ),
   )
@@ -453,6 +532,7 @@ const makeApplier = (
   options: RunnerOptions,
   models: Context.Service.Shape<typeof ReadModelStore>,
   depots: ReadonlyMap<string, Depot>,
+  fill: Fill,
 ) => {
   let event: Event
   const staged: Staged = { emits: undefined, reply: undefined, hasReply: false }
@@ -563,15 +643,10 @@ const makeApplier = (
       const id = keyId(k)
       const seen = peek(template, id)
       if (seen !== undefined) return Effect.succeed(seen ?? undefined)
-      const batchCache = batch.cache
-      return models.load(template, [k]).pipe(
+      const b = batch
+      return fill(b, template, new Map([[id, k]])).pipe(
         Effect.mapError(loadFailure),
-        Effect.map((rows) => {
-          const row = rows.get(id) ?? null
-          const m = getOrCreate(batchCache, template, () => new Map())
-          m.set(id, row)
-          return row ?? undefined
-        }),
+        Effect.map(() => b.cache.get(template)?.get(id) ?? undefined),
       )
     },
     put: (template, row) => {
@@ -672,9 +747,7 @@ const makeApplier = (
         if (r instanceof TopologyFailure) return yield* Effect.fail(r)
         if ("missing" in r) {
           const { template, key } = r.missing
-          const rows = yield* Effect.mapError(models.load(template, [key]), loadFailure)
-          const id = keyId(key)
-          getOrCreate(b.cache, template, () => new Map()).set(id, rows.get(id) ?? null)
+          yield* Effect.mapError(fill(b, template, new Map([[keyId(key), key]])), loadFailure)
           continue
         }
         const checks = recChecks

@@ -443,6 +443,55 @@ const classicCases = <E>(
         }),
       )
 
+      it.effect(
+        "conditional stores refuse writes whose seen no longer holds (ROW_CONFLICT), and accept a retry of a commit that landed; others ignore seen",
+        () =>
+          Effect.gen(function* () {
+            const store = yield* fresh
+            const ID3 = "conf:0:3"
+            const seen = (w: RowWrite, was: string | null): RowWrite => ({ ...w, seen: was })
+            yield* store.commit(cp("conf"), 1, [put("cf_all", ["a"], allRow("a")), put("cf_all", ["b"], allRow("b"))])
+            if (store.conditional?.("cf_all") !== true) {
+              // seen is advice for conditional stores only: elsewhere a write is a write.
+              yield* store.commit(cp("conf"), 2, [seen(put("cf_all", ["a"], allRow("a", { n: 2 })), "conf:9:9")])
+              expect(yield* store.scan("cf_all")).toEqual([allRow("a", { n: 2 }), allRow("b")])
+              return
+            }
+            const before = yield* snapshot
+            const conflicts: Array<[string, RowWrite]> = [
+              ["update seen at another lineage ID", seen(put("cf_all", ["a"], allRow("a", { n: 2 })), ID2)],
+              ["update of a row seen absent", seen(put("cf_all", ["b"], allRow("b", { n: 2 })), null)],
+              ["update of a row gone", seen(put("cf_all", ["c"], allRow("c", { n: 2 })), ID)],
+              ["delete seen at another lineage ID", seen(del("cf_all", ["a"]), ID2)],
+              ["delete of a row seen absent", seen(del("cf_all", ["b"]), null)],
+            ]
+            for (const [what, write] of conflicts) {
+              const good = seen(put("cf_all", ["d"], allRow("d", { [LAST_EVENT_COLUMN]: ID3 })), null)
+              const e = yield* failure(store.commit(cp("conf"), 5, [good, write]))
+              expect(e.code, what).toBe("ROW_CONFLICT")
+              assert.isFalse(e.retryable, what)
+              expect(yield* snapshot, what).toEqual(before)
+            }
+            // The writes as seen right: every kind applies.
+            const batch = [
+              seen(put("cf_all", ["a"], allRow("a", { n: 3, [LAST_EVENT_COLUMN]: ID3 })), ID),
+              seen(del("cf_all", ["b"]), ID),
+              seen(put("cf_all", ["c"], allRow("c", { [LAST_EVENT_COLUMN]: ID3 })), null),
+              seen(del("cf_all", ["gone"]), null),
+            ]
+            yield* store.commit(cp("conf"), 5, batch)
+            const after = yield* snapshot
+            expect(after.rows[0]).toEqual([
+              allRow("a", { n: 3, [LAST_EVENT_COLUMN]: ID3 }),
+              allRow("c", { [LAST_EVENT_COLUMN]: ID3 }),
+            ])
+            expect(after.checkpoint).toBe(5)
+            // A retry of that commit (its answer was lost) finds its own rows: it succeeds and writes nothing.
+            yield* store.commit(cp("conf"), 5, batch)
+            expect(yield* snapshot).toEqual(after)
+          }),
+      )
+
       it.effect("a unique index refuses a clashing row and the commit leaves nothing behind", () =>
         Effect.gen(function* () {
           const store = yield* fresh

@@ -156,6 +156,32 @@ describe("router", () => {
     }),
   )
 
+  it.effect(
+    "a template is conditional only where its adapter checks seen and every topology writing it commits to that backend alone",
+    () =>
+      Effect.gen(function* () {
+        const w = yield* world
+        const checking = (store: ReadModelStoreShape): ReadModelStoreShape => ({ ...store, conditional: () => true })
+        const single = yield* Router.make({
+          rel: checking(w.rel),
+          rec: { ...w.rec, store: checking(w.rec.store) },
+          topologies: TOPOLOGIES.filter((t) => t.name !== "both"),
+        })
+        yield* single.ensure([sums, logs])
+        expect([single.conditional?.("rt_sum"), single.conditional?.("rt_log")]).toEqual([true, true])
+        // A topology writing both backends commits through the outbox: a refused REL commit would leave it pending.
+        const mixed = yield* Router.make({
+          rel: checking(w.rel),
+          rec: { ...w.rec, store: checking(w.rec.store) },
+          topologies: TOPOLOGIES,
+        })
+        yield* mixed.ensure([sums, logs])
+        expect([mixed.conditional?.("rt_sum"), mixed.conditional?.("rt_log")]).toEqual([false, false])
+        const plain = yield* routerOver(w)
+        expect([plain.conditional?.("rt_sum"), plain.conditional?.("rt_nope")]).toEqual([false, false])
+      }),
+  )
+
   it.effect("a crash between the REL and the REC commit is completed when the stream starts again", () =>
     Effect.gen(function* () {
       const w = yield* world

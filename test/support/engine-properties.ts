@@ -10,7 +10,7 @@ import type { Event } from "../../src/depot/event.ts"
 import type { DepotStoreShape } from "../../src/depot/store.ts"
 import { StoreError } from "../../src/errors.ts"
 import type { ReadModelStoreShape } from "../../src/readmodel/store.ts"
-import type { Declarations } from "../../src/runtime/engine.ts"
+import { type Declarations, defaultOptions, type EngineOptions } from "../../src/runtime/engine.ts"
 import { keyId } from "../../src/template/template.ts"
 import { EngineModel } from "../../src/testing/model.ts"
 import { fold } from "../../src/topology/fold.ts"
@@ -92,54 +92,63 @@ export const expectReadModelsEqualFold = (stores: Stores, declarations: Declarat
   })
 
 /** Runs a history sequentially through the engine, checking every reply against the model, then the read models against the fold. */
-export const runHistory = (stores: Stores, declarations: Declarations, history: ReadonlyArray<HistoryCommand>) =>
+export const runHistory = (
+  stores: Stores,
+  declarations: Declarations,
+  history: ReadonlyArray<HistoryCommand>,
+  options: EngineOptions = defaultOptions,
+) =>
   Effect.runPromise(
-    withEngine(stores, declarations, (engine) =>
-      Effect.gen(function* () {
-        const model = new EngineModel(declarations.depots)
-        const versions = new Map<string, number>()
-        for (const c of history) {
-          const current = versions.get(c.key) ?? 0
-          const expectVersion = c.expectDelta === undefined ? undefined : Math.max(0, current + c.expectDelta)
-          const reply = yield* engine.publish("accounts", c.type, c.key, c.payload, {
-            id: c.messageId,
-            ack: c.ack,
-            ...(expectVersion === undefined ? {} : { expect: expectVersion }),
-          })
-          const want = model.append({
-            depot: "accounts",
-            type: c.type,
-            key: c.key,
-            payload: c.payload,
-            messageId: c.messageId,
-            expect: expectVersion,
-          })
-          if (want._tag === "VersionConflict") {
-            expect(reply).toMatchObject({
-              ok: false,
-              error: { code: "VERSION_CONFLICT", details: { actual: want.actual } },
+    withEngine(
+      stores,
+      declarations,
+      (engine) =>
+        Effect.gen(function* () {
+          const model = new EngineModel(declarations.depots)
+          const versions = new Map<string, number>()
+          for (const c of history) {
+            const current = versions.get(c.key) ?? 0
+            const expectVersion = c.expectDelta === undefined ? undefined : Math.max(0, current + c.expectDelta)
+            const reply = yield* engine.publish("accounts", c.type, c.key, c.payload, {
+              id: c.messageId,
+              ack: c.ack,
+              ...(expectVersion === undefined ? {} : { expect: expectVersion }),
             })
-          } else {
-            expect(reply).toMatchObject({
-              ok: true,
-              partition: want.event.partition,
-              offset: want.event.offset,
-              version: want.event.version,
-              duplicate: want.duplicate,
+            const want = model.append({
+              depot: "accounts",
+              type: c.type,
+              key: c.key,
+              payload: c.payload,
+              messageId: c.messageId,
+              expect: expectVersion,
             })
-            if (!want.duplicate) versions.set(c.key, want.event.version)
-            if (c.ack === "full") expect(reply).toMatchObject({ applied: ["balances"] })
+            if (want._tag === "VersionConflict") {
+              expect(reply).toMatchObject({
+                ok: false,
+                error: { code: "VERSION_CONFLICT", details: { actual: want.actual } },
+              })
+            } else {
+              expect(reply).toMatchObject({
+                ok: true,
+                partition: want.event.partition,
+                offset: want.event.offset,
+                version: want.event.version,
+                duplicate: want.duplicate,
+              })
+              if (!want.duplicate) versions.set(c.key, want.event.version)
+              if (c.ack === "full") expect(reply).toMatchObject({ applied: ["balances"] })
+            }
           }
-        }
-        yield* engine.settle()
-        const events = yield* expectReadModelsEqualFold(stores, declarations)
-        // The depot holds exactly what the model appended, nothing more.
-        expect(events.map((e) => [e.partition, e.offset, e.messageId, e.version])).toEqual(
-          declarations.depots
-            .flatMap((d) => model.events(d.name))
-            .map((e) => [e.partition, e.offset, e.messageId, e.version]),
-        )
-      }),
+          yield* engine.settle()
+          const events = yield* expectReadModelsEqualFold(stores, declarations)
+          // The depot holds exactly what the model appended, nothing more.
+          expect(events.map((e) => [e.partition, e.offset, e.messageId, e.version])).toEqual(
+            declarations.depots
+              .flatMap((d) => model.events(d.name))
+              .map((e) => [e.partition, e.offset, e.messageId, e.version]),
+          )
+        }),
+      options,
     ),
   )
 
@@ -172,6 +181,7 @@ export const engineProperties = (
   freshStores: () => Promise<Stores>,
   declarations: () => Declarations,
   runs = { crash: 25, concurrent: 15 },
+  options: EngineOptions = defaultOptions,
 ) => {
   it(`property: a crash at any projection commit, before or after it took effect, leaves rows equal to the fold after restart (${name})`, async () => {
     await fc.assert(
@@ -182,23 +192,30 @@ export const engineProperties = (
         const decl = declarations()
         // First life: appends succeed; the projection dies at its k-th commit.
         await Effect.runPromise(
-          withEngine(faulty, decl, (engine) =>
-            Effect.gen(function* () {
-              for (const c of history)
-                yield* engine.publish("accounts", c.type, c.key, c.payload, { id: c.messageId, ack: "append" })
-              // Let the runner reach the crash or finish, bounded.
-              for (let i = 0; i < 200 && !crashed.value; i++) {
-                const s = yield* engine.status()
-                if (s.streams.every((x) => x.lag === 0)) break
-                yield* Effect.sleep("5 millis")
-              }
-            }),
+          withEngine(
+            faulty,
+            decl,
+            (engine) =>
+              Effect.gen(function* () {
+                for (const c of history)
+                  yield* engine.publish("accounts", c.type, c.key, c.payload, { id: c.messageId, ack: "append" })
+                // Let the runner reach the crash or finish, bounded.
+                for (let i = 0; i < 200 && !crashed.value; i++) {
+                  const s = yield* engine.status()
+                  if (s.streams.every((x) => x.lag === 0)) break
+                  yield* Effect.sleep("5 millis")
+                }
+              }),
+            options,
           ),
         )
         // Second life: a fresh engine on the same stores catches up from the stored checkpoint.
         await Effect.runPromise(
-          withEngine(stores, decl, (engine) =>
-            Effect.andThen(engine.settle(), expectReadModelsEqualFold(stores, decl)),
+          withEngine(
+            stores,
+            decl,
+            (engine) => Effect.andThen(engine.settle(), expectReadModelsEqualFold(stores, decl)),
+            options,
           ),
         )
       }),
@@ -212,28 +229,32 @@ export const engineProperties = (
         const stores = await freshStores()
         const decl = declarations()
         await Effect.runPromise(
-          withEngine(stores, decl, (engine) =>
-            Effect.gen(function* () {
-              const replies = yield* Effect.forEach(
-                history,
-                (c, i) =>
-                  engine.publish("accounts", c.type, c.key, c.payload, { id: `${c.messageId}-${i % 7}`, ack: c.ack }),
-                { concurrency: 16 },
-              )
-              yield* engine.settle()
-              const events = yield* expectReadModelsEqualFold(stores, decl)
-              const byPosition = new Map(events.map((e) => [`${e.partition}/${e.offset}`, e]))
-              for (const r of replies) {
-                expect(r.ok).toBe(true)
-                if (r.ok) expect(byPosition.get(`${r.partition}/${r.offset}`)?.id).toBe(r.id)
-              }
-              const ids = new Set(events.map((e) => e.messageId))
-              expect(ids.size).toBe(events.length)
-              for (let p = 0; p < 4; p++) {
-                const offs = events.filter((e) => e.partition === p).map((e) => e.offset)
-                expect(offs).toEqual(offs.map((_, i) => i))
-              }
-            }),
+          withEngine(
+            stores,
+            decl,
+            (engine) =>
+              Effect.gen(function* () {
+                const replies = yield* Effect.forEach(
+                  history,
+                  (c, i) =>
+                    engine.publish("accounts", c.type, c.key, c.payload, { id: `${c.messageId}-${i % 7}`, ack: c.ack }),
+                  { concurrency: 16 },
+                )
+                yield* engine.settle()
+                const events = yield* expectReadModelsEqualFold(stores, decl)
+                const byPosition = new Map(events.map((e) => [`${e.partition}/${e.offset}`, e]))
+                for (const r of replies) {
+                  expect(r.ok).toBe(true)
+                  if (r.ok) expect(byPosition.get(`${r.partition}/${r.offset}`)?.id).toBe(r.id)
+                }
+                const ids = new Set(events.map((e) => e.messageId))
+                expect(ids.size).toBe(events.length)
+                for (let p = 0; p < 4; p++) {
+                  const offs = events.filter((e) => e.partition === p).map((e) => e.offset)
+                  expect(offs).toEqual(offs.map((_, i) => i))
+                }
+              }),
+            options,
           ),
         )
       }),
