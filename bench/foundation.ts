@@ -8,12 +8,14 @@ import { Effect, Exit, Layer, Scope } from "effect"
 import * as mariadb from "mariadb"
 import { accounts } from "../depots/accounts.ts"
 import { balances } from "../projections/balances.ts"
+import { load as loadConfig } from "../src/config/load.ts"
 import * as MariaDbDepot from "../src/depot/mariadb.ts"
 import * as MariaDb from "../src/mariadb/client.ts"
 import * as MariaDbModels from "../src/readmodel/mariadb.ts"
+import { engineOptions } from "../src/runtime/boot.ts"
 import { loadTemplates } from "../src/template/load.ts"
 import { withEngineContext } from "./engine-context.ts"
-import { drive, fmt, peakRssMb, progress } from "./support.ts"
+import { driveCallbacks, fmt, peakRssMb, progress } from "./support.ts"
 
 const settings: MariaDb.MariaDbSettings = {
   host: "127.0.0.1",
@@ -94,6 +96,8 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
   await admin.query("DROP DATABASE IF EXISTS beds_bench")
   await admin.end()
   const templates = await Effect.runPromise(loadTemplates("templates"))
+  // The engine as config/beds.toml sets it up (batch sizes, linger, kept rows).
+  const options = engineOptions((await Effect.runPromise(loadConfig({ env: {} }))).config)
   const declarations = { depots: [accounts], topologies: process.env.BENCH_NO_TOPOLOGY ? [] : [balances], templates }
 
   const scope = await Effect.runPromise(Scope.make())
@@ -110,27 +114,28 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
         return { depot: yield* MariaDbDepot.make(), models: yield* MariaDbModels.make }
       }).pipe(Effect.provideContext(ctx)),
     )
-    const result = await withEngineContext(stores, declarations, async (engine) => {
-      const bar = progress("BEDS append (MariaDB)", n)
-      let maxLag = 0
-      let sampling = true
-      const sampler = (async () => {
-        while (sampling) {
-          const s = await Effect.runPromise(engine.status())
-          maxLag = Math.max(maxLag, ...s.streams.map((x) => x.lag))
-          await new Promise((r) => setTimeout(r, 100))
-        }
-      })()
-      const t0 = performance.now()
-      const cpu0 = process.cpuUsage()
-      const elu0 = performance.eventLoopUtilization()
-      let done = 0
-      // Through the in-process callback API (engine.submitWith), as a transport drives the engine.
-      await drive(
-        n,
-        inFlight,
-        (i) =>
-          new Promise<void>((resolve, reject) => {
+    const result = await withEngineContext(
+      stores,
+      declarations,
+      async (engine) => {
+        const bar = progress("BEDS append (MariaDB)", n)
+        let maxLag = 0
+        let sampling = true
+        const sampler = (async () => {
+          while (sampling) {
+            const s = await Effect.runPromise(engine.status())
+            maxLag = Math.max(maxLag, ...s.streams.map((x) => x.lag))
+            await new Promise((r) => setTimeout(r, 100))
+          }
+        })()
+        const t0 = performance.now()
+        const cpu0 = process.cpuUsage()
+        const elu0 = performance.eventLoopUtilization()
+        // Through the in-process callback API (engine.submitWith), as a transport drives the engine.
+        await driveCallbacks(
+          n,
+          inFlight,
+          (i, done) =>
             engine.submitWith(
               {
                 depot: "accounts",
@@ -140,31 +145,27 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
                 body: { payload: payloadOf(i) },
                 ack: "append",
               },
-              (r) => {
-                if (!r.ok) reject(new Error(`append refused: ${JSON.stringify(r.error)}`))
-                else {
-                  if (++done % 1000 === 0) bar.update(done)
-                  resolve()
-                }
-              },
-            )
-          }),
-      )
-      const appendSeconds = (performance.now() - t0) / 1000
-      const cpu = process.cpuUsage(cpu0)
-      const elu = performance.eventLoopUtilization(elu0).utilization
-      const w = (await Effect.runPromise(engine.status())).writer
-      console.error(
-        `  engine process CPU during appends: ${fmt(((cpu.user + cpu.system) / 1e6 / appendSeconds) * 100)} % of one core (event loop busy ${fmt(elu * 100)} %); ${fmt(w.commits)} commits, ${fmt(w.appends / Math.max(1, w.commits), 1)} appends per commit`,
-      )
-      bar.update(n)
-      bar.stop()
-      await Effect.runPromise(engine.settle())
-      const projectSeconds = (performance.now() - t0) / 1000
-      sampling = false
-      await sampler
-      return { appendsPerSec: n / appendSeconds, projectedPerSec: n / projectSeconds, maxLag }
-    })
+              (r) => done(r.ok ? undefined : new Error(`append refused: ${JSON.stringify(r.error)}`)),
+            ),
+          (done) => bar.update(done),
+        )
+        const appendSeconds = (performance.now() - t0) / 1000
+        const cpu = process.cpuUsage(cpu0)
+        const elu = performance.eventLoopUtilization(elu0).utilization
+        const w = (await Effect.runPromise(engine.status())).writer
+        console.error(
+          `  engine process CPU during appends: ${fmt(((cpu.user + cpu.system) / 1e6 / appendSeconds) * 100)} % of one core (event loop busy ${fmt(elu * 100)} %); ${fmt(w.commits)} commits, ${fmt(w.appends / Math.max(1, w.commits), 1)} appends per commit`,
+        )
+        bar.update(n)
+        bar.stop()
+        await Effect.runPromise(engine.settle())
+        const projectSeconds = (performance.now() - t0) / 1000
+        sampling = false
+        await sampler
+        return { appendsPerSec: n / appendSeconds, projectedPerSec: n / projectSeconds, maxLag }
+      },
+      options,
+    )
     return {
       events: n,
       rawRowsPerSec,

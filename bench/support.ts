@@ -73,6 +73,39 @@ export const drive = async (
   return { seconds: (performance.now() - start) / 1000, latencies }
 }
 
+/**
+ * As `drive`, for callback APIs: `op(i, done)` calls `done(error?)` once;
+ * no promise per operation, so the driver costs the engine next to nothing.
+ */
+export const driveCallbacks = (
+  total: number,
+  inFlight: number,
+  op: (i: number, done: (error?: Error) => void) => void,
+  onProgress?: (done: number) => void,
+): Promise<void> =>
+  new Promise((resolve, reject) => {
+    let next = 0
+    let done = 0
+    let failed = false
+    const start = (): void => {
+      const i = next++
+      op(i, (error) => {
+        if (failed) return
+        if (error !== undefined) {
+          failed = true
+          reject(error)
+          return
+        }
+        done++
+        if (onProgress && done % 1000 === 0) onProgress(done)
+        if (done === total) resolve()
+        else if (next < total) start()
+      })
+    }
+    if (total === 0) resolve()
+    for (let k = 0; k < Math.min(inFlight, total); k++) start()
+  })
+
 export const summarize = (latencies: Float64Array) => {
   const sorted = Array.from(latencies).sort((a, b) => a - b)
   return { p50: percentile(sorted, 50), p99: percentile(sorted, 99) }
