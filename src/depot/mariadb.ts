@@ -33,7 +33,7 @@ import { Effect, Layer } from "effect"
 import type * as mariadb from "mariadb"
 import { StoreError } from "../errors.ts"
 import * as Lineage from "../lineage/lineage-id.ts"
-import { MariaDb } from "../mariadb/client.ts"
+import { corked, MariaDb } from "../mariadb/client.ts"
 import type { AppendRequest, Event } from "./event.ts"
 import { planAppend } from "./memory.ts"
 import { DepotStore, type DepotStoreShape } from "./store.ts"
@@ -267,13 +267,15 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
           `Appending to ${depot}/${partition}`,
           async (conn: mariadb.PoolConnection): Promise<Written> => {
             // Pipelined: the driver sends all three before the first answer arrives.
-            const [dupRows, versionRows, headRows] = await Promise.all([
-              lookup ? (conn.query(BY_MESSAGE_IDS, [depot, messageIds]) as Promise<Array<Row>>) : [],
-              missing.length > 0
-                ? (conn.query(VERSIONS, [depot, JSON.stringify(missing)]) as Promise<Array<Row>>)
-                : undefined,
-              head === undefined ? (conn.query(HEAD, [depot, partition]) as Promise<Array<Row>>) : undefined,
-            ])
+            const [dupRows, versionRows, headRows] = await Promise.all(
+              corked(conn, () => [
+                lookup ? (conn.query(BY_MESSAGE_IDS, [depot, messageIds]) as Promise<Array<Row>>) : [],
+                missing.length > 0
+                  ? (conn.query(VERSIONS, [depot, JSON.stringify(missing)]) as Promise<Array<Row>>)
+                  : undefined,
+                head === undefined ? (conn.query(HEAD, [depot, partition]) as Promise<Array<Row>>) : undefined,
+              ]),
+            )
             const originals = new Map<string, Event>()
             for (const r of dupRows) originals.set(r[11] as string, toEvent(r))
             if (versionRows !== undefined)

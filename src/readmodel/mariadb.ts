@@ -11,7 +11,7 @@ import { Effect, Layer } from "effect"
 import type * as mariadb from "mariadb"
 import { StoreError } from "../errors.ts"
 import { getOrCreate } from "../internal/map.ts"
-import { MariaDb, type MariaDbShape } from "../mariadb/client.ts"
+import { corked, MariaDb, type MariaDbShape } from "../mariadb/client.ts"
 import {
   type ActualTable,
   CHECKPOINT_TABLE,
@@ -457,21 +457,30 @@ const build = (db: MariaDbShape, naming: Naming) => {
 
   const writeTable = async (conn: mariadb.PoolConnection, g: TableWrites): Promise<void> => {
     const { c } = g
-    await writeChecked(conn, g)
+    // Everything that needs no answer first goes out at once (see `corked`); templates with a
+    // unique secondary index have no conditional writes and go on below, answer by answer.
+    const checked = writeChecked(conn, g)
     // Deletes first, so a value a deleted row held in a unique index is free for the rows written after it.
-    if (g.deletes.length > 0)
-      await conn.batch(
-        c.delete,
-        g.deletes.map((k) => [...k]),
-      )
-    if (g.upserts.length === 0) return
+    const deleted =
+      g.deletes.length > 0
+        ? conn.batch(
+            c.delete,
+            g.deletes.map((k) => [...k]),
+          )
+        : undefined
     if (!c.uniqueSecondary) {
-      await conn.batch(
-        c.upsert,
-        g.upserts.map((u) => params(c, u.row)),
-      )
+      const upserted =
+        g.upserts.length > 0
+          ? conn.batch(
+              c.upsert,
+              g.upserts.map((u) => params(c, u.row)),
+            )
+          : undefined
+      await Promise.all([checked, deleted, upserted])
       return
     }
+    await Promise.all([checked, deleted])
+    if (g.upserts.length === 0) return
     const keys = g.upserts.map((u) => u.key)
     const existing: Array<Record<string, unknown>> = await conn.query(
       `${c.lock}${c.keyWhere(keys.length)} FOR UPDATE`,
@@ -508,19 +517,23 @@ const build = (db: MariaDbShape, naming: Naming) => {
         .withConnection(
           `Committing ${writes.length} row write(s) with checkpoint ${checkpoint.topology}/${checkpoint.depot}/${checkpoint.partition} = ${next}`,
           async (conn) => {
-            const steps: Array<Promise<unknown>> = [conn.beginTransaction()]
+            const steps: Array<Promise<unknown>> = []
             // Under a shared lock that a fence must wait for: a fence raised after this stream
             // read its checkpoint means the rows it folded may come from replaced tables.
-            const generation = saw !== undefined ? lockedGeneration(conn, checkpoint.topology) : undefined
-            if (generation !== undefined) steps.push(generation)
-            for (const g of groups) steps.push(writeTable(conn, g))
-            // Same transaction as the rows: this is what makes projection exactly-once.
-            steps.push(
-              conn.query(
-                `INSERT INTO ${quoteId(CHECKPOINT_TABLE)} (\`topology\`, \`depot\`, \`part\`, \`next\`) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`next\` = VALUES(\`next\`)`,
-                [naming.topology(checkpoint.topology), checkpoint.depot, checkpoint.partition, next],
-              ),
-            )
+            let generation: Promise<number> | undefined
+            corked(conn, () => {
+              steps.push(conn.beginTransaction())
+              generation = saw !== undefined ? lockedGeneration(conn, checkpoint.topology) : undefined
+              if (generation !== undefined) steps.push(generation)
+              for (const g of groups) steps.push(writeTable(conn, g))
+              // Same transaction as the rows: this is what makes projection exactly-once.
+              steps.push(
+                conn.query(
+                  `INSERT INTO ${quoteId(CHECKPOINT_TABLE)} (\`topology\`, \`depot\`, \`part\`, \`next\`) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE \`next\` = VALUES(\`next\`)`,
+                  [naming.topology(checkpoint.topology), checkpoint.depot, checkpoint.partition, next],
+                ),
+              )
+            })
             const settled = await Promise.allSettled(steps)
             const failed = settled.find((r): r is PromiseRejectedResult => r.status === "rejected")
             const fenced = generation !== undefined && failed === undefined && (await generation) !== saw
