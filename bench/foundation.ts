@@ -96,8 +96,8 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
   await admin.query("DROP DATABASE IF EXISTS beds_bench")
   await admin.end()
   const templates = await Effect.runPromise(loadTemplates("templates"))
-  // The engine as config/beds.toml sets it up (batch sizes, linger, kept rows).
-  const options = engineOptions((await Effect.runPromise(loadConfig({ env: {} }))).config)
+  // The engine as config/ sets it up (batch sizes, linger, kept rows; BEDS__TOPOLOGY__* variables apply).
+  const options = engineOptions((await Effect.runPromise(loadConfig())).config)
   const declarations = { depots: [accounts], topologies: process.env.BENCH_NO_TOPOLOGY ? [] : [balances], templates }
 
   const scope = await Effect.runPromise(Scope.make())
