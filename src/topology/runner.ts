@@ -273,12 +273,10 @@ export const make = (
             const rows = b.cache.get(template)
             if (rows === undefined) continue
             const keep = getOrCreate(kept, template, () => new Map<string, Row | null>())
-            for (const [id, row] of rows) {
-              if (DepotDecl.partitionOf(id, depot.partitions) !== partition) continue
-              // Re-inserted, so the map's order is least recently used first.
-              keep.delete(id)
-              keep.set(id, row)
-            }
+            // Only new keys are hashed: a key kept already is known to be this partition's. Rows are
+            // dropped oldest-kept first; a row still in use is soon loaded and kept again.
+            for (const [id, row] of rows)
+              if (keep.has(id) || DepotDecl.partitionOf(id, depot.partitions) === partition) keep.set(id, row)
             if (keep.size > keepRows) {
               let drop = keep.size - keepRows
               for (const id of keep.keys()) {
