@@ -31,6 +31,7 @@ const ACCOUNTS = 10_000
 
 export interface FoundationResult {
   readonly events: number
+  readonly inFlight: number
   readonly rawRowsPerSec: number
   readonly appendsPerSec: number
   readonly projectedPerSec: number
@@ -91,13 +92,18 @@ const rawInsert = async (n: number) => {
   }
 }
 
-export const runFoundation = async (n: number, inFlight: number): Promise<FoundationResult> => {
+/**
+ * `inFlight` defaults to one full group commit per partition (ingress
+ * batch_max × partitions), as the baseline inserts 1000 rows per transaction.
+ */
+export const runFoundation = async (n: number, inFlightOption?: number): Promise<FoundationResult> => {
   const admin = await mariadb.createConnection({ host: settings.host, port: settings.port, user: settings.user })
   await admin.query("DROP DATABASE IF EXISTS beds_bench")
   await admin.end()
   const templates = await Effect.runPromise(loadTemplates("templates"))
   // The engine as config/ sets it up (batch sizes, linger, kept rows; BEDS__TOPOLOGY__* variables apply).
   const options = engineOptions((await Effect.runPromise(loadConfig())).config)
+  const inFlight = inFlightOption ?? options.ingress.batchMax * accounts.partitions
   const declarations = { depots: [accounts], topologies: process.env.BENCH_NO_TOPOLOGY ? [] : [balances], templates }
 
   const scope = await Effect.runPromise(Scope.make())
@@ -168,6 +174,7 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
     )
     return {
       events: n,
+      inFlight,
       rawRowsPerSec,
       ...result,
       ratio: result.appendsPerSec / rawRowsPerSec,
@@ -179,7 +186,9 @@ export const runFoundation = async (n: number, inFlight: number): Promise<Founda
 }
 
 export const printFoundation = (r: FoundationResult) => {
-  console.log(`\nFoundation: ${fmt(r.events)} events into the MariaDB depot, balances projecting into MariaDB`)
+  console.log(
+    `\nFoundation: ${fmt(r.events)} events into the MariaDB depot, balances projecting into MariaDB, ${fmt(r.inFlight)} in flight`,
+  )
   console.log(`  raw multi-row INSERT (1000 rows/tx)   ${fmt(r.rawRowsPerSec).padStart(10)} rows/s`)
   console.log(
     `  BEDS group-commit append              ${fmt(r.appendsPerSec).padStart(10)} appends/s   (${fmt(r.ratio * 100, 1)} % of raw; target >= 70 %)`,
