@@ -5,7 +5,8 @@
  *   (a) amqplib RPC with direct reply-to, no work;
  *   (b) the same RPC server doing a group-commit multi-row insert into MariaDB before replying;
  *   (c) publishing with confirms to a durable classic queue (for `none`).
- * Servers run as their own processes, as the engine does.
+ * Servers run as their own processes, as the engine does. Each measured run
+ * follows WARM_UP calls that are not measured.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
@@ -58,11 +59,21 @@ const peakRss = (pid: number | undefined): number => {
   }
 }
 
-/** Keeps `inFlight` calls going for `n` calls; latency per call. */
+/** Calls made, unmeasured, before each measured run: every contender starts warm (JIT, pools, caches). */
+const WARM_UP = 5_000
+
+/** Keeps `inFlight` calls going for `n` calls, after WARM_UP calls not measured; latency per call. */
 const drive = async (label: string, n: number, inFlight: number, call: (i: number) => Promise<void>): Promise<Rate> => {
+  const warm = Math.min(WARM_UP, Math.floor(n / 10))
+  let next = 0
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (next < warm) await call(n + next++)
+    }),
+  )
   const lat: Array<number> = new Array(n)
   const bar = progress(label, n)
-  let next = 0
+  next = 0
   let done = 0
   const t0 = performance.now()
   await Promise.all(
