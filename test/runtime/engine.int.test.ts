@@ -27,39 +27,30 @@ describe.skipIf(!available)("engine (MariaDB depot + MariaDB read models)", () =
   })
   afterAll(async () => stores?.close())
 
-  it("property: replies match the model, and the MariaDB read model equals the fold of the depot", async () => {
-    await fc.assert(
-      fc.asyncProperty(historyArbitrary, async (history) => runHistory(await stores.fresh(), declarations, history)),
-      { numRuns: 15 },
-    )
-  })
-
-  engineProperties(
-    "mariadb",
-    () => stores.fresh(),
-    () => declarations,
-    { crash: 12, concurrent: 8 },
-  )
-
   // Few kept rows, so that rows also leave the keep and are loaded again.
   const keeping = { ...defaultOptions, topology: { ...defaultOptions.topology, keepRows: 3 } }
 
-  it("property (rows kept between batches): replies match the model, and the read model equals the fold", async () => {
-    await fc.assert(
-      fc.asyncProperty(historyArbitrary, async (history) =>
-        runHistory(await stores.fresh(), declarations, history, keeping),
-      ),
-      { numRuns: 10 },
-    )
-  })
+  for (const [label, options, runs] of [
+    ["", defaultOptions, { history: 15, crash: 12, concurrent: 8 }],
+    [", rows kept between batches", keeping, { history: 10, crash: 8, concurrent: 5 }],
+  ] as const) {
+    it(`property: replies match the model, and the MariaDB read model equals the fold of the depot (mariadb${label})`, async () => {
+      await fc.assert(
+        fc.asyncProperty(historyArbitrary, async (history) =>
+          runHistory(await stores.fresh(), declarations, history, options),
+        ),
+        { numRuns: runs.history },
+      )
+    })
 
-  engineProperties(
-    "mariadb, rows kept between batches",
-    () => stores.fresh(),
-    () => declarations,
-    { crash: 8, concurrent: 5 },
-    keeping,
-  )
+    engineProperties(
+      `mariadb${label}`,
+      () => stores.fresh(),
+      () => declarations,
+      { crash: runs.crash, concurrent: runs.concurrent },
+      options,
+    )
+  }
 
   it("a kept row that another writer changed is caught at commit: the next event folds on the stored row", async () => {
     const s = await stores.fresh()
