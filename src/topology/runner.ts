@@ -504,15 +504,14 @@ const commitOrRefold = (commit: Effect.Effect<void, StoreError>) =>
     ),
   )
 
+/** Built once: every batch retries its store calls, and the schedule is the same for all. */
+const STORE_RETRY = {
+  while: (e: StoreError) => e.retryable,
+  schedule: Schedule.min([Schedule.exponential("20 millis", 2), Schedule.spaced("2 seconds")]),
+}
+
 /** Store failures that may pass (lost connection) are retried until they do; the stream just waits. */
-const retryStore = <A>(effect: Effect.Effect<A, StoreError>) =>
-  effect.pipe(
-    Effect.retry({
-      while: (e) => e.retryable,
-      schedule: Schedule.min([Schedule.exponential("20 millis", 2), Schedule.spaced("2 seconds")]),
-    }),
-    Effect.orDie,
-  )
+const retryStore = <A>(effect: Effect.Effect<A, StoreError>) => Effect.orDie(Effect.retry(effect, STORE_RETRY))
 
 type ApplyOutcome =
   | { readonly _tag: "Applied"; readonly staged: Staged }
