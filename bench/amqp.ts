@@ -208,8 +208,9 @@ export const runAmqp = async (n: number, inFlight: number): Promise<AmqpResult> 
     ...process.env,
     BEDS_ENV: "dev",
     BEDS__MARIADB__DATABASE: "beds_bench_amqp",
-    // The contract's comparison: the accounts depot with the balances topology only.
-    BEDS__ROLES__BENCH: '{ depots = ["accounts"], topologies = ["balances"] }',
+    // The contract's comparison: the accounts depot with the balances topology only
+    // (BENCH_NO_TOPOLOGY: none, to see what the projection costs).
+    BEDS__ROLES__BENCH: `{ depots = ["accounts"], topologies = [${process.env.BENCH_NO_TOPOLOGY ? "" : '"balances"'}] }`,
     BEDS__ENGINE__ROLE: "bench",
   })
   const client = await AmqpClient.connect(URL, { connectionName: "beds bench" })
