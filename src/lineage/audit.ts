@@ -35,6 +35,7 @@ import * as DepotDecl from "../depot/depot.ts"
 import type { Event } from "../depot/event.ts"
 import { DepotStore, type DepotStoreShape } from "../depot/store.ts"
 import type { StoreError } from "../errors.ts"
+import { canonical } from "../internal/canonical.ts"
 import { ReadModelStore } from "../readmodel/store.ts"
 import type { Declarations } from "../runtime/engine.ts"
 import { checkKey, checkRow, keyId, keyOf, type Row, type Template } from "../template/template.ts"
@@ -172,16 +173,6 @@ export const portLookups = (store: DepotStoreShape, concurrency = 16): AuditLook
         }),
     ),
 })
-
-/** JSON with object keys sorted, so equal values print equal. */
-export const canonicalJson = (v: unknown): string =>
-  JSON.stringify(v, (_k, x: unknown) =>
-    x !== null && typeof x === "object" && !Array.isArray(x)
-      ? Object.fromEntries(
-          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-        )
-      : x,
-  ) ?? "undefined"
 
 const at = (e: EventRef): string => `${e.depot}/${e.partition}@${e.offset}`
 const iso = (t: number): string => (Number.isFinite(t) ? new Date(t).toISOString() : String(t))
@@ -455,8 +446,8 @@ export const audit = (
             child.key !== emit.key
               ? `its key is ${JSON.stringify(child.key)}, not ${JSON.stringify(emit.key)}`
               : undefined,
-            canonicalJson(child.payload) !== canonicalJson(decoded.payload)
-              ? `its payload is ${canonicalJson(child.payload)}, not ${canonicalJson(decoded.payload)}`
+            canonical(child.payload) !== canonical(decoded.payload)
+              ? `its payload is ${canonical(child.payload)}, not ${canonical(decoded.payload)}`
               : undefined,
           ].filter((d): d is string => d !== undefined)
           if (differences.length > 0)
@@ -627,7 +618,7 @@ const compareTemplate = (
       const x = expected.get(key)
       const where = { check: "read_models" as const, template: template.name, key }
       if (a === undefined) {
-        tally.add({ ...where, message: `row ${key} is missing; the fold has ${canonicalJson(x)}` })
+        tally.add({ ...where, message: `row ${key} is missing; the fold has ${canonical(x)}` })
         continue
       }
       if (x === undefined) {
@@ -638,11 +629,11 @@ const compareTemplate = (
         continue
       }
       const fields = [...new Set([...Object.keys(x), ...Object.keys(a)])]
-      const differing = fields.filter((f) => canonicalJson(a[f]) !== canonicalJson(x[f]))
+      const differing = fields.filter((f) => canonical(a[f]) !== canonical(x[f]))
       if (differing.length > 0)
         tally.add({
           ...where,
-          message: `row ${key} differs from the fold: ${differing.map((f) => `${f} is ${canonicalJson(a[f])}, the fold says ${canonicalJson(x[f])}`).join("; ")}`,
+          message: `row ${key} differs from the fold: ${differing.map((f) => `${f} is ${canonical(a[f])}, the fold says ${canonical(x[f])}`).join("; ")}`,
         })
     }
   })
