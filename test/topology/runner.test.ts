@@ -5,16 +5,14 @@
 import { Effect, Schema } from "effect"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as Depot from "../../src/depot/depot.ts"
-import * as MemoryDepot from "../../src/depot/memory.ts"
 import { StoreError } from "../../src/errors.ts"
-import * as MemoryModels from "../../src/readmodel/memory.ts"
 import type { ReadModelStoreShape } from "../../src/readmodel/store.ts"
 import type { Declarations } from "../../src/runtime/engine.ts"
 import { defaultOptions } from "../../src/runtime/engine.ts"
 import { parseTemplate } from "../../src/template/load.ts"
 import type { Template } from "../../src/template/template.ts"
 import * as Topology from "../../src/topology/topology.ts"
-import { withEngine } from "../support/engine.ts"
+import { fastRetries, memoryStores as stores, waitUntil, withEngine } from "../support/engine.ts"
 
 const notes = Depot.make({
   name: "notes",
@@ -51,17 +49,7 @@ const failing = (onFailure: "halt" | "park", failTimes: number, attempts: Map<st
       }),
   })
 
-const fastRetries = { ...defaultOptions, topology: { batchMax: 100, retries: 3, retryBaseMs: 1 } }
-const stores = async () => ({ depot: MemoryDepot.make(), models: await Effect.runPromise(MemoryModels.make) })
 const decl = (t: Topology.Topology): Declarations => ({ depots: [notes], topologies: [t], templates: [template] })
-const waitUntil = <E>(check: () => Effect.Effect<boolean, E>) =>
-  Effect.gen(function* () {
-    for (let i = 0; i < 400; i++) {
-      if (yield* check()) return
-      yield* Effect.sleep("5 millis")
-    }
-    throw new Error("condition not reached in 2 s")
-  })
 
 describe("topology runner", () => {
   it("retries a failing handler and applies the event once when a retry succeeds", async () => {

@@ -9,17 +9,15 @@ import { beforeAll, describe, expect, it } from "vitest"
 import { accounts } from "../../depots/accounts.ts"
 import * as Depot from "../../src/depot/depot.ts"
 import type { Event } from "../../src/depot/event.ts"
-import * as MemoryDepot from "../../src/depot/memory.ts"
 import { StoreError } from "../../src/errors.ts"
 import * as Lineage from "../../src/lineage/lineage-id.ts"
-import * as MemoryModels from "../../src/readmodel/memory.ts"
 import type { ReadModelStoreShape } from "../../src/readmodel/store.ts"
-import { type Declarations, defaultOptions } from "../../src/runtime/engine.ts"
+import type { Declarations } from "../../src/runtime/engine.ts"
 import { loadTemplates, parseTemplate } from "../../src/template/load.ts"
 import { keyId, type Row, type Template } from "../../src/template/template.ts"
 import { fold } from "../../src/topology/fold.ts"
 import * as Topology from "../../src/topology/topology.ts"
-import { withEngine } from "../support/engine.ts"
+import { fastRetries, memoryStores as stores, waitUntil, withEngine } from "../support/engine.ts"
 import { depotEvents } from "../support/engine-properties.ts"
 
 const counters = Depot.make({
@@ -52,8 +50,6 @@ beforeAll(async () => {
   )
 })
 
-const fastRetries = { ...defaultOptions, topology: { batchMax: 100, retries: 3, retryBaseMs: 1 } }
-const stores = async () => ({ depot: MemoryDepot.make(), models: await Effect.runPromise(MemoryModels.make) })
 const decl = (t: Topology.Topology): Declarations => ({
   depots: [counters, echoes],
   topologies: [t],
@@ -61,14 +57,6 @@ const decl = (t: Topology.Topology): Declarations => ({
 })
 const rowsOf = (models: ReadModelStoreShape) =>
   Effect.runPromise(Effect.map(models.scan("cnt_counter"), (rows) => rows.map((r) => [r.id, r.n])))
-const waitUntil = <E>(check: () => Effect.Effect<boolean, E>) =>
-  Effect.gen(function* () {
-    for (let i = 0; i < 400; i++) {
-      if (yield* check()) return
-      yield* Effect.sleep("5 millis")
-    }
-    throw new Error("condition not reached in 2 s")
-  })
 
 /** One account's balance row, or null to delete it (Closed): the logic both declarations share. */
 const nextBalance = (prev: Row | undefined, event: Event): Row | null => {
