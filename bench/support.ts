@@ -47,35 +47,10 @@ export const progress = (label: string, total: number) => {
   }
 }
 
-/** Runs `op(i)` for i in [0, total) with at most `inFlight` pending; returns per-op latencies in ms. */
-export const drive = async (
-  total: number,
-  inFlight: number,
-  op: (i: number) => Promise<unknown>,
-  onProgress?: (done: number) => void,
-): Promise<{ readonly seconds: number; readonly latencies: Float64Array }> => {
-  const latencies = new Float64Array(total)
-  let next = 0
-  let done = 0
-  const start = performance.now()
-  const worker = async () => {
-    while (next < total) {
-      const i = next++
-      const t0 = performance.now()
-      await op(i)
-      latencies[i] = performance.now() - t0
-      done++
-      if (onProgress && done % 500 === 0) onProgress(done)
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(inFlight, total) }, worker))
-  onProgress?.(done)
-  return { seconds: (performance.now() - start) / 1000, latencies }
-}
-
 /**
- * As `drive`, for callback APIs: `op(i, done)` calls `done(error?)` once;
- * no promise per operation, so the driver costs the engine next to nothing.
+ * Runs `op(i)` for i in [0, total) with at most `inFlight` pending, for
+ * callback APIs: `op(i, done)` calls `done(error?)` once. No promise per
+ * operation, so the driver costs the engine next to nothing.
  */
 export const driveCallbacks = (
   total: number,
