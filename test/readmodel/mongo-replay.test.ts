@@ -328,22 +328,37 @@ describe.each(MODES)("MongoDB replay operations (%s)", (mode) => {
   })
 })
 
+/**
+ * A live commit held at `at` while a fence is raised: the fence waits (at least `waitMs`) until
+ * the commit lands, and the next live commit is refused.
+ */
+const fenceWaitsForCommitInFlight = async (
+  mode: "transaction" | "guarded",
+  at: Parameters<typeof holdAt>[1],
+  waitMs: number,
+) => {
+  const { fake, live, ops } = await twoProcesses(mode)
+  expect(await run(live.checkpoint(cp))).toBe(0)
+  const hold = holdAt(fake, at)
+  const commit = run(live.commit(cp, 1, [put(row("a", 1))]))
+  await hold.reached
+  const fence = run(ops.fence(TOPOLOGY))
+  expect(await settledWithin(fence, waitMs)).toBe(false)
+  hold.release()
+  await commit
+  await fence
+  expect(await ids(live)).toEqual([["a", 1]])
+  expect(await run(ops.peekCheckpoint(cp))).toBe(1)
+  expect(await failure(live.commit(cp, 2, [put(row("b", 2))]))).toMatchObject({ code: "FENCED" })
+}
+
 describe("MongoDB fencing against live commits caught in flight: transactions", () => {
-  it("a fence waits for a live transaction that has written its checkpoint, which then lands", async () => {
-    const { fake, live, ops } = await twoProcesses("transaction")
-    expect(await run(live.checkpoint(cp))).toBe(0)
-    const hold = holdAt(fake, (e) => e.collection === "mr_doc" && e.op === "bulkWrite" && e.inTransaction)
-    const commit = run(live.commit(cp, 1, [put(row("a", 1))]))
-    await hold.reached
-    const fence = run(ops.fence(TOPOLOGY))
-    expect(await settledWithin(fence, 50)).toBe(false)
-    hold.release()
-    await commit
-    await fence
-    expect(await ids(live)).toEqual([["a", 1]])
-    expect(await run(ops.peekCheckpoint(cp))).toBe(1)
-    expect(await failure(live.commit(cp, 2, [put(row("b", 2))]))).toMatchObject({ code: "FENCED" })
-  })
+  it("a fence waits for a live transaction that has written its checkpoint, which then lands", () =>
+    fenceWaitsForCommitInFlight(
+      "transaction",
+      (e) => e.collection === "mr_doc" && e.op === "bulkWrite" && e.inTransaction,
+      50,
+    ))
 
   it("a live transaction that reaches its checkpoint after the fence is refused, and nothing of it stays", async () => {
     const { fake, live, ops } = await twoProcesses("transaction")
@@ -360,20 +375,8 @@ describe("MongoDB fencing against live commits caught in flight: transactions", 
 })
 
 describe("MongoDB fencing against live commits caught in flight: guarded writes", () => {
-  it("a fence waits for a batch recorded as pending before it, which then lands", async () => {
-    const { fake, live, ops } = await twoProcesses("guarded")
-    expect(await run(live.checkpoint(cp))).toBe(0)
-    const hold = holdAt(fake, (e) => e.collection === "mr_doc" && e.op === "bulkWrite")
-    const commit = run(live.commit(cp, 1, [put(row("a", 1))]))
-    await hold.reached
-    const fence = run(ops.fence(TOPOLOGY))
-    expect(await settledWithin(fence, 100)).toBe(false)
-    hold.release()
-    await commit
-    await fence
-    expect(await ids(live)).toEqual([["a", 1]])
-    expect(await run(ops.peekCheckpoint(cp))).toBe(1)
-  })
+  it("a fence waits for a batch recorded as pending before it, which then lands", () =>
+    fenceWaitsForCommitInFlight("guarded", (e) => e.collection === "mr_doc" && e.op === "bulkWrite", 100))
 
   it("a batch that comes to record itself as pending after the fence is refused, and nothing of it stays", async () => {
     const { fake, live, ops } = await twoProcesses("guarded")
