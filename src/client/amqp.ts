@@ -20,7 +20,7 @@ import * as amqp from "amqplib"
 import { Data, Effect, Layer, type Scope } from "effect"
 import * as Topology from "../broker/topology.ts"
 import { type ErrorCode, ErrorCodes } from "../errors.ts"
-import { corker } from "../transport/cork.ts"
+import { coalesceWrites } from "../transport/cork.ts"
 import type { Reply, ReplyOk } from "../transport/protocol.ts"
 import {
   BedsClient,
@@ -69,8 +69,6 @@ interface Session {
   readonly connection: amqp.ChannelModel
   readonly rpc: amqp.Channel
   readonly confirm: amqp.ConfirmChannel
-  /** Call before a publish: this turn's socket writes go out as one. */
-  readonly cork: () => void
   lost: boolean
 }
 
@@ -152,7 +150,8 @@ class Client implements AmqpClient {
       confirm.on("error", remember)
       confirm.on("close", lost)
       confirm.on("return", (m: amqp.Message) => this.returned(m))
-      session = { connection, rpc, confirm, cork: corker(connection), lost: false }
+      coalesceWrites(connection)
+      session = { connection, rpc, confirm, lost: false }
       return session
     } catch (e) {
       await connection.close().catch(() => undefined)
@@ -350,7 +349,6 @@ class Client implements AmqpClient {
         headers,
       }
       try {
-        session.cork()
         if (ack === "none")
           session.confirm.publish(this.names.exchange(depot), key, body, properties, (err: unknown) =>
             this.settle(

@@ -25,7 +25,7 @@ import { CommandRejected } from "../errors.ts"
 import { Engine, type EngineShape } from "../runtime/engine.ts"
 import { errorReply } from "../runtime/ingress.ts"
 import { Acks } from "./acks.ts"
-import { corker } from "./cork.ts"
+import { coalesceWrites } from "./cork.ts"
 import type { IncomingCommand, Reply, ReplyError } from "./protocol.ts"
 
 export interface AmqpIngressSettings {
@@ -202,8 +202,6 @@ interface Session {
   readonly closed: Promise<void>
   /** Closes the connection so the supervisor opens a new session. */
   readonly recycle: (reason: string) => void
-  /** Call before a send: this turn's socket writes go out as one (see cork.ts). */
-  readonly cork: () => void
 }
 
 const withHeartbeat = (url: string, heartbeatS: number): string => {
@@ -348,14 +346,10 @@ export const make = (
     ) => {
       try {
         if (reply.ok) {
-          if (reply.ack !== "none") {
-            session.cork()
-            sendReply(consumer, message, reply)
-          }
+          if (reply.ack !== "none") sendReply(consumer, message, reply)
           ackerOf(consumer).ack(message.fields.deliveryTag)
         } else {
           const dead = await deadLetter(session, queue, depot, message, reply.error)
-          session.cork()
           sendReply(consumer, message, reply)
           // Unconfirmed: let the broker dead-letter it through the queue's x-dead-letter-exchange.
           if (dead) ackerOf(consumer).ack(message.fields.deliveryTag)
@@ -437,7 +431,8 @@ export const make = (
       }
       const dlx = await connection.createConfirmChannel().catch((e) => fail("Opening the dead-letter channel", e))
       dlx.on("error", (e: Error) => recycle(`the dead-letter channel failed: ${e.message}`))
-      const session: Session = { connection, dlx, consumers, closed, recycle, cork: corker(connection) }
+      coalesceWrites(connection)
+      const session: Session = { connection, dlx, consumers, closed, recycle }
       try {
         for (const depot of depots)
           for (let q = 0; q < depot.partitions; q++) {
