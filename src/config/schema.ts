@@ -92,6 +92,11 @@ export const Config = Schema.Struct({
      */
     linger_ms: Schema.optionalKey(NonNegative),
     /**
+     * The linger while a `full` reply waits on the stream (capped at
+     * linger_ms): what `full` pays in latency. Absent: linger_ms.
+     */
+    linger_full_ms: Schema.optionalKey(NonNegative),
+    /**
      * Read-model rows each stream keeps between batches per template, so
      * it need not load them again (MariaDB tables). A row another writer
      * changed is caught at commit; one edited by hand without a new

@@ -30,6 +30,7 @@ export const engineOptions = (c: LoadedConfig["config"]): EngineOptions => ({
     retries: c.topology.retries,
     retryBaseMs: c.topology.retry_base_ms,
     lingerMs: c.topology.linger_ms ?? 0,
+    lingerFullMs: c.topology.linger_full_ms,
     keepRows: c.topology.keep_rows,
   },
   allowExternalParents: c.engine.allow_external_parents,

@@ -34,6 +34,8 @@ export interface EngineOptions {
     readonly retryBaseMs: number
     /** See RunnerOptions.lingerMs. */
     readonly lingerMs?: number | undefined
+    /** See RunnerOptions.lingerFullMs. */
+    readonly lingerFullMs?: number | undefined
     /** See RunnerOptions.keepRows. */
     readonly keepRows?: number | undefined
   }
@@ -113,6 +115,7 @@ export const make = (declarations: Declarations, options: EngineOptions = defaul
       retries: options.topology.retries,
       retryBaseMs: options.topology.retryBaseMs,
       lingerMs: options.topology.lingerMs,
+      lingerFullMs: options.topology.lingerFullMs,
       keepRows: options.topology.keepRows,
       live: true,
     }).pipe(Effect.provideService(DepotWriter, writer), Effect.provideService(Progress.Progress, progress))

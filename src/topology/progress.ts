@@ -36,6 +36,8 @@ export interface ProgressShape {
   readonly whenApplied: (depot: string, partition: number, offset: number, done: (a: Applied) => void) => () => void
   /** The topologies consuming a depot. */
   readonly consumers: (depot: string) => ReadonlyArray<string>
+  /** Whether a `full` reply (any `applied` or `whenApplied` caller) waits on the partition. */
+  readonly watched: (depot: string, partition: number) => boolean
 }
 
 export class Progress extends Context.Service<Progress, ProgressShape>()("beds/Progress") {}
@@ -141,6 +143,7 @@ export const make = (): ProgressShape => {
         return Effect.sync(cancel)
       }),
     whenApplied,
+    watched: (depot, partition) => (waiters.get(pk(depot, partition))?.length ?? 0) > 0,
   }
 }
 

@@ -48,6 +48,13 @@ export interface RunnerOptions {
    */
   readonly lingerMs?: number | undefined
   /**
+   * The linger while a `full` reply waits on the stream's partition (at
+   * most `lingerMs`; default `lingerMs`): `full` pays a short linger in
+   * latency, while commands nobody waits on for the read models let the
+   * stream batch longer.
+   */
+  readonly lingerFullMs?: number | undefined
+  /**
    * Rows a stream keeps between batches, per template, instead of loading
    * them again (only where the store checks `seen`, see the read-model port,
    * and only rows whose key belongs to the stream's partition). A row
@@ -150,9 +157,10 @@ export const make = (
     // The newest events of each partition as the writer committed them: live
     // streams read them from here instead of querying (and decoding) the store.
     const tails = new Map<string, { first: number; events: Array<Event> }>()
+    /** The tail's events from `next` (none when `next` is its end), or undefined where it does not reach. */
     const fromTail = (depot: string, partition: number, next: number, limit: number) => {
       const tail = tails.get(`${depot}/${partition}`)
-      if (tail === undefined || next < tail.first || next >= tail.first + tail.events.length) return undefined
+      if (tail === undefined || next < tail.first || next > tail.first + tail.events.length) return undefined
       const start = next - tail.first
       return tail.events.slice(start, start + limit)
     }
@@ -174,32 +182,34 @@ export const make = (
         for (const w of list) w()
       }
     })
+    /** Sleeps until the partition's head passes `next`; false when only the safety poll woke it. */
     const waitForAppend = (depot: string, partition: number, next: number) =>
-      Effect.callback<void>((resume) => {
+      Effect.callback<boolean>((resume) => {
         const key = `${depot}/${partition}`
         const list = wakers.get(key) ?? []
         let done = false
-        const wake = () => {
+        const wake = (appended: boolean) => {
           if (!done) {
             done = true
-            resume(Effect.void)
+            resume(Effect.succeed(appended))
           }
         }
-        list.push(wake)
+        list.push(() => wake(true))
         wakers.set(key, list)
         // Re-check after registering: an append may have landed in between. The
         // tail answers without a query once the writer has committed anything.
         const tail = tails.get(key)
         if (tail !== undefined) {
-          if (tail.first + tail.events.length > next) wake()
+          if (tail.first + tail.events.length > next) wake(true)
         } else
           Effect.runFork(
-            Effect.flatMap(store.head(depot, partition), (head) => Effect.sync(() => head > next && wake())).pipe(
+            Effect.flatMap(store.head(depot, partition), (head) => Effect.sync(() => head > next && wake(true))).pipe(
               Effect.ignore,
             ),
           )
-        // A slow safety poll covers appends made by another process.
-        const timer = setTimeout(wake, 1000)
+        // A slow safety poll covers appends made by another process, which the tail does not see:
+        // after it the stream asks the store.
+        const timer = setTimeout(() => wake(false), 1000)
         return Effect.sync(() => clearTimeout(timer))
       })
 
@@ -288,6 +298,9 @@ export const make = (
         }
         const { apply, applyNow } = makeApplier(topology, templateByName, options, models, depotByName, fill)
         const lingerMs = options.lingerMs ?? 0
+        const lingerFullMs = Math.max(1, Math.min(lingerMs, options.lingerFullMs ?? lingerMs))
+        // Set when the safety poll, not an append of this process, woke the stream: the store is asked.
+        let polled = false
         let lastCommit = Number.NEGATIVE_INFINITY
         // A read of the next batch of history, started while the current one is folded.
         let ahead: { readonly from: number; readonly fiber: Fiber.Fiber<ReadonlyArray<Event>> } | undefined
@@ -325,15 +338,26 @@ export const make = (
               }
               return got
             })
-          if (lingerMs > 0 && stop === undefined && performance.now() - lastCommit < lingerMs * 4) {
-            const short = fromTail(depot.name, partition, next, limit)
-            if (short !== undefined && short.length < limit) yield* Effect.sleep(Duration.millis(lingerMs))
+          if (lingerMs > 0 && stop === undefined && !polled && performance.now() - lastCommit < lingerMs * 4) {
+            // Short steps, so that a `full` reply that starts waiting meanwhile cuts a long linger short.
+            const started = performance.now()
+            while (true) {
+              const short = fromTail(depot.name, partition, next, limit)
+              if (short === undefined || short.length === 0 || short.length >= limit) break
+              const budget =
+                (progress.watched(depot.name, partition) ? lingerFullMs : lingerMs) - (performance.now() - started)
+              if (budget <= 0) break
+              yield* Effect.sleep(Duration.millis(Math.min(budget, lingerFullMs)))
+            }
           }
-          let chunk: ReadonlyArray<Event> | undefined = fromTail(depot.name, partition, next, limit)
+          let chunk: ReadonlyArray<Event> | undefined = polled
+            ? undefined
+            : fromTail(depot.name, partition, next, limit)
+          polled = false
           const fromStore = chunk === undefined
           if (chunk === undefined) chunk = yield* readStore(next)
           if (chunk.length === 0) {
-            yield* waitForAppend(depot.name, partition, next)
+            polled = !(yield* waitForAppend(depot.name, partition, next))
             continue
           }
           const first = (chunk[0] as Event).offset

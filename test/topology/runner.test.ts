@@ -230,6 +230,80 @@ describe("topology runner linger", () => {
     expect(lingering).toBeLessThan(eager / 2)
   })
 
+  /**
+   * The stream committed a moment ago (so it counts as busy) and holds one
+   * append nobody waits on, which it lingers over; then a `full` command
+   * comes. Returns how long its reply took.
+   */
+  const fullDuringLinger = async (lingerMs: number, lingerFullMs: number | undefined) => {
+    const s = await stores()
+    return Effect.runPromise(
+      withEngine(
+        s,
+        decl(copier),
+        (engine) =>
+          Effect.gen(function* () {
+            yield* engine.publish("notes", "Written", "n0", { text: "first" }, { id: "m0", ack: "full" })
+            yield* engine.publish("notes", "Written", "n1", { text: "lingered" }, { id: "m1" })
+            yield* Effect.sleep("20 millis")
+            const t0 = performance.now()
+            const reply = yield* engine.publish("notes", "Written", "n2", { text: "x" }, { id: "m2", ack: "full" })
+            expect(reply).toMatchObject({ ok: true, applied: ["copier"] })
+            return performance.now() - t0
+          }),
+        { ...defaultOptions, topology: { ...defaultOptions.topology, lingerMs, lingerFullMs } },
+      ),
+    )
+  }
+
+  it("a full command cuts a long linger short: its reply waits at most the full linger", async () => {
+    expect(await fullDuringLinger(10_000, 5)).toBeLessThan(3_000)
+  })
+
+  it("without a shorter full linger, a full reply waits out the linger", async () => {
+    expect(await fullDuringLinger(1_500, undefined)).toBeGreaterThan(1_000)
+  })
+
+  it("a stream that caught up waits for the writer's next commit without asking the store", async () => {
+    const s = await stores()
+    let reads = 0
+    const depot = {
+      ...s.depot,
+      read: (...args: Parameters<typeof s.depot.read>) =>
+        Effect.andThen(
+          Effect.sync(() => reads++),
+          s.depot.read(...args),
+        ),
+    }
+    await Effect.runPromise(
+      withEngine({ depot, models: s.models }, decl(copier), (engine) =>
+        Effect.gen(function* () {
+          yield* engine.publish("notes", "Written", "n0", { text: "t" }, { id: "m0", ack: "full" })
+          const before = reads
+          for (let i = 1; i <= 20; i++)
+            yield* engine.publish("notes", "Written", `n${i}`, { text: "t" }, { id: `m${i}`, ack: "full" })
+          expect(reads - before).toBe(0)
+        }),
+      ),
+    )
+  })
+
+  it("a stream still sees appends made behind its writer's back, through the store, within the safety poll", async () => {
+    const s = await stores()
+    await Effect.runPromise(
+      withEngine(s, decl(copier), (engine) =>
+        Effect.gen(function* () {
+          yield* engine.publish("notes", "Written", "n0", { text: "t" }, { id: "m0", ack: "full" })
+          // Another process's writer: straight into the store, past this engine's writer and tail.
+          yield* s.depot.append("notes", 0, [
+            { messageId: "other", type: "Written", key: "n9", payload: { text: "o" }, time: 0 },
+          ])
+          yield* waitUntil(() => Effect.map(s.models.scan("nte_note"), (rows) => rows.some((r) => r.id === "n9")))
+        }),
+      ),
+    )
+  })
+
   it("an idle stream does not wait: a lone command's full reply comes without the linger", async () => {
     const s = await stores()
     const t0 = performance.now()
