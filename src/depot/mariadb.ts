@@ -230,21 +230,31 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       readonly versions: ReadonlyMap<string, number>
     }
 
-    const attempt = (
+    /** One partition's batch, with what the cache knew when it was taken. */
+    interface Prepared {
+      readonly depot: string
+      readonly partition: number
+      readonly requests: ReadonlyArray<AppendRequest>
+      readonly slot: string
+      readonly before: Cached | undefined
+      readonly head: number | undefined
+      readonly known: Map<string, number>
+      readonly missing: ReadonlyArray<string>
+      readonly messageIds: ReadonlyArray<string>
+      readonly lookup: boolean
+    }
+
+    const prepare = (
       depot: string,
       partition: number,
       requests: ReadonlyArray<AppendRequest>,
-      retries: number,
       // Duplicates are rare: the first try inserts without asking which
       // message_ids exist and lets the unique key say so; only a collision
       // pays for the lookup, on the retry.
       lookup: boolean,
-    ): Effect.Effect<Written["outcomes"], StoreError> => {
+    ): Prepared => {
       const slot = `${depot}:${partition}`
       const before = cache.get(slot)
-      // Taken now, before any await: a cache entry that moves during the
-      // transaction must not mix with what this batch read.
-      const head = before?.head
       const known = new Map<string, number>()
       const missing: Array<string> = []
       const messageIds: Array<string> = new Array(requests.length)
@@ -256,62 +266,98 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
         if (v === undefined) missing.push(r.key)
         known.set(r.key, v ?? 0)
       }
-      // No transaction around the reads: this partition has one writer, so its
-      // heads and versions cannot move underneath; a message_id another
-      // partition appends meanwhile is caught by the unique key. The insert
-      // itself is one bulk statement, atomic in autocommit: one round trip
-      // and one log sync per group commit. Only a batch too large for one
-      // statement gets a transaction around its statements.
-      return db
-        .withConnection(
-          `Appending to ${depot}/${partition}`,
-          async (conn: mariadb.PoolConnection): Promise<Written> => {
-            // Pipelined: the driver sends all three before the first answer arrives.
-            const [dupRows, versionRows, headRows] = await Promise.all(
-              corked(conn, () => [
-                lookup ? (conn.query(BY_MESSAGE_IDS, [depot, messageIds]) as Promise<Array<Row>>) : [],
-                missing.length > 0
-                  ? (conn.query(VERSIONS, [depot, JSON.stringify(missing)]) as Promise<Array<Row>>)
-                  : undefined,
-                head === undefined ? (conn.query(HEAD, [depot, partition]) as Promise<Array<Row>>) : undefined,
-              ]),
-            )
-            const originals = new Map<string, Event>()
-            for (const r of dupRows) originals.set(r[11] as string, toEvent(r))
-            if (versionRows !== undefined)
-              for (const r of versionRows) known.set(r[0] as string, (r[1] as number | null) ?? 0)
-            const start = head ?? ((headRows?.[0]?.[0] as number | null) ?? -1) + 1
-            const plan = planAppend(
-              depot,
-              partition,
-              start,
-              requests,
-              (messageId) => originals.get(messageId),
-              (key) => known.get(key) ?? 0,
-            )
-            if (plan.events.length > 0) {
-              const rows = plan.events.map(toRow)
-              let bytes = 0
-              for (const r of rows) bytes += (r[7] as string).length + (r[12] as string).length + 400
-              const split = bytes > SINGLE_STATEMENT_BYTES
-              try {
-                if (split) await conn.beginTransaction()
-                await conn.batch(INSERT, rows)
-                if (split) await conn.commit()
-              } catch (e) {
-                if (split) await conn.rollback().catch(() => undefined)
-                throw duplicateKey(e) ?? e
-              }
-            }
-            return { outcomes: plan.outcomes, head: start, appended: plan.events.length, versions: plan.versions }
-          },
+      // The head is taken now, before any await: a cache entry that moves
+      // during the write must not mix with what this batch read.
+      return { depot, partition, requests, slot, before, head: before?.head, known, missing, messageIds, lookup }
+    }
+
+    /**
+     * Writes prepared batches of distinct partitions as one bulk insert: one
+     * round trip and one log sync for all of them, all or nothing.
+     *
+     * No transaction around the reads: each partition has one writer, so its
+     * head and versions cannot move underneath; a message_id another
+     * partition appends meanwhile is caught by the unique key. The insert is
+     * one statement, atomic in autocommit; only a write too large for one
+     * statement gets a transaction around its statements.
+     */
+    const write = async (conn: mariadb.PoolConnection, batches: ReadonlyArray<Prepared>): Promise<Array<Written>> => {
+      // Pipelined: the driver sends every lookup before the first answer arrives.
+      const answers = await Promise.all(
+        corked(conn, () =>
+          batches.flatMap((b) => [
+            b.lookup ? (conn.query(BY_MESSAGE_IDS, [b.depot, b.messageIds]) as Promise<Array<Row>>) : [],
+            b.missing.length > 0
+              ? (conn.query(VERSIONS, [b.depot, JSON.stringify(b.missing)]) as Promise<Array<Row>>)
+              : undefined,
+            b.head === undefined ? (conn.query(HEAD, [b.depot, b.partition]) as Promise<Array<Row>>) : undefined,
+          ]),
+        ),
+      )
+      const written: Array<Written> = []
+      const rows: Array<Array<unknown>> = []
+      // A later batch repeating a message_id that an earlier one appends gets that event, as it
+      // would appending after it: the lookups ran before anything of this write was stored.
+      const earlier = new Map<string, Event>()
+      batches.forEach((b, i) => {
+        const [dupRows, versionRows, headRows] = answers.slice(i * 3, i * 3 + 3) as [
+          Array<Row>,
+          Array<Row> | undefined,
+          Array<Row> | undefined,
+        ]
+        const originals = new Map<string, Event>()
+        for (const r of dupRows) originals.set(r[11] as string, toEvent(r))
+        if (versionRows !== undefined)
+          for (const r of versionRows) b.known.set(r[0] as string, (r[1] as number | null) ?? 0)
+        const start = b.head ?? ((headRows?.[0]?.[0] as number | null) ?? -1) + 1
+        const plan = planAppend(
+          b.depot,
+          b.partition,
+          start,
+          b.requests,
+          (messageId) => originals.get(messageId) ?? earlier.get(`${b.depot}\u0000${messageId}`),
+          (key) => b.known.get(key) ?? 0,
         )
+        for (const e of plan.events) {
+          rows.push(toRow(e))
+          if (batches.length > 1) earlier.set(`${b.depot}\u0000${e.messageId}`, e)
+        }
+        written.push({ outcomes: plan.outcomes, head: start, appended: plan.events.length, versions: plan.versions })
+      })
+      if (rows.length > 0) {
+        let bytes = 0
+        for (const r of rows) bytes += (r[7] as string).length + (r[12] as string).length + 400
+        const split = bytes > SINGLE_STATEMENT_BYTES
+        try {
+          if (split) await conn.beginTransaction()
+          await conn.batch(INSERT, rows)
+          if (split) await conn.commit()
+        } catch (e) {
+          if (split) await conn.rollback().catch(() => undefined)
+          throw duplicateKey(e) ?? e
+        }
+      }
+      return written
+    }
+
+    const attempt = (
+      depot: string,
+      partition: number,
+      requests: ReadonlyArray<AppendRequest>,
+      retries: number,
+      lookup: boolean,
+    ): Effect.Effect<Written["outcomes"], StoreError> => {
+      const batch = prepare(depot, partition, requests, lookup)
+      const head = batch.head
+      return db
+        .withConnection(`Appending to ${depot}/${partition}`, (conn) => write(conn, [batch]))
         .pipe(
-          Effect.map((w) => {
-            remember(slot, before, w)
-            return w.outcomes
+          Effect.map(([w]) => {
+            remember(batch.slot, batch.before, w as Written)
+            return (w as Written).outcomes
           }),
           Effect.catch((error) => {
+            const slot = batch.slot
             const dup = error.cause instanceof DuplicateKey ? error.cause : undefined
             if (dup?.index === "message") {
               // Another partition committed one of these message_ids after this batch looked:
@@ -382,6 +428,31 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
             requests.some((r) => r.expect !== undefined),
           )
 
+    // Each batch as `append` would take it; a failure of any fails all, and the writer then appends each alone.
+    const appendAll: NonNullable<DepotStoreShape["appendAll"]> = (batches) => {
+      const prepared = batches.map((b) =>
+        prepare(
+          b.depot,
+          b.partition,
+          b.requests,
+          b.requests.some((r) => r.expect !== undefined),
+        ),
+      )
+      return db
+        .withConnection(`Appending to ${batches.map((b) => `${b.depot}/${b.partition}`).join(", ")}`, (conn) =>
+          write(conn, prepared),
+        )
+        .pipe(
+          Effect.map((written) =>
+            written.map((w, i) => {
+              const b = prepared[i] as Prepared
+              remember(b.slot, b.before, w)
+              return w.outcomes
+            }),
+          ),
+        )
+    }
+
     const read: DepotStoreShape["read"] = (depot, partition, from, limit) =>
       limit <= 0
         ? Effect.succeed([])
@@ -427,7 +498,7 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
             ((await pool.query(BY_KEY, [depot, key, Math.max(1, from), limit])) as Array<Row>).map(toEvent),
           )
 
-    return DepotStore.of({ open, append, read, head, version, byMessageId, byId, descendants, byKey })
+    return DepotStore.of({ open, append, appendAll, read, head, version, byMessageId, byId, descendants, byKey })
   })
 
 const BY_KEY = {

@@ -28,6 +28,21 @@ export interface DepotStoreShape {
     partition: number,
     requests: ReadonlyArray<AppendRequest>,
   ) => Effect.Effect<ReadonlyArray<AppendOutcome>, StoreError>
+  /**
+   * Optional: appends batches of distinct partitions in one durable commit.
+   * The outcomes, one list per batch, are those of appending the batches
+   * one after another with `append`; or the call fails and nothing is
+   * appended (an adapter may fail where a later batch repeats a message_id
+   * of an earlier one). Adapters whose commits cost more than their rows (a
+   * round trip, a log sync) offer it; the writer then commits every
+   * partition's waiting appends together, and after a failure appends each
+   * batch alone through `append`, which tells which partition failed and why.
+   */
+  readonly appendAll?:
+    | ((
+        batches: ReadonlyArray<PartitionBatch>,
+      ) => Effect.Effect<ReadonlyArray<ReadonlyArray<AppendOutcome>>, StoreError>)
+    | undefined
   /** Events of one partition with offset >= `from`, in offset order, at most `limit`. */
   readonly read: (
     depot: string,
@@ -60,6 +75,13 @@ export interface DepotStoreShape {
     from: number,
     limit: number,
   ) => Effect.Effect<ReadonlyArray<Event>, StoreError>
+}
+
+/** One partition's batch of appends. */
+export interface PartitionBatch {
+  readonly depot: string
+  readonly partition: number
+  readonly requests: ReadonlyArray<AppendRequest>
 }
 
 /** The depot store the engine appends to and reads from. */

@@ -1,8 +1,15 @@
 /**
- * Group commit: one writer fiber per partition. Appends queue up while the
- * previous commit is in flight and go out together in the next one, so a
- * lightly loaded engine commits each append at once (sub-millisecond) and a
- * busy one commits hundreds per transaction — no fixed timer to wait for.
+ * Group commit: appends queue up per partition while the previous commit is
+ * in flight and go out together in the next one, so a lightly loaded engine
+ * commits each append at once (sub-millisecond) and a busy one commits
+ * hundreds per transaction — no fixed timer to wait for.
+ *
+ * One writer fiber per partition, or, where the store can commit several
+ * partitions at once (`appendAll`, the MariaDB store), one writer for all:
+ * each of its commits carries the waiting batch of every partition, so a
+ * busy engine pays one round trip and one log sync per round instead of one
+ * per partition. Per-partition order holds either way: a partition's next
+ * batch is taken only after its previous one was answered.
  *
  * The queue is a plain array of callbacks rather than Effect queues and
  * deferreds: this is the hottest path of the engine and each append should
@@ -12,7 +19,7 @@ import { Context, Effect, Fiber, Layer, Schedule } from "effect"
 import type { StoreError } from "../errors.ts"
 import type { Depot } from "./depot.ts"
 import type { AppendOutcome, AppendRequest, Event } from "./event.ts"
-import { DepotStore } from "./store.ts"
+import { DepotStore, type DepotStoreShape } from "./store.ts"
 
 /** Receives an append's outcome, or the store's error. Called once. */
 export type AppendCallback = (result: AppendOutcome | StoreError) => void
@@ -85,6 +92,29 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
       }
     }
 
+    /** Tells listeners what a committed batch appended, then answers its appends. */
+    const committed = (
+      depot: string,
+      partition: number,
+      batch: ReadonlyArray<Pending>,
+      outcomes: ReadonlyArray<AppendOutcome>,
+    ) => {
+      stats.appends += batch.length
+      const fresh: Array<Event> = []
+      for (const o of outcomes) if (o._tag === "Appended" && !o.duplicate) fresh.push(o.event)
+      // Listeners rely on offset order; outcomes come in request order, which is the same for every correct store.
+      for (let i = 1; i < fresh.length; i++)
+        if ((fresh[i] as Event).offset < (fresh[i - 1] as Event).offset) {
+          fresh.sort((a, b) => a.offset - b.offset)
+          break
+        }
+      if (fresh.length > 0) {
+        const head = (fresh[fresh.length - 1] as Event).offset + 1
+        for (const l of listeners) l(depot, partition, fresh, head)
+      }
+      for (let i = 0; i < batch.length; i++) deliver(batch[i] as Pending, outcomes[i] as AppendOutcome)
+    }
+
     const storeAppend = (depot: string, partition: number, batch: ReadonlyArray<Pending>) =>
       Effect.map(
         retrying(
@@ -96,20 +126,7 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
         ),
         (outcomes) => {
           stats.commits++
-          stats.appends += batch.length
-          const fresh: Array<Event> = []
-          for (const o of outcomes) if (o._tag === "Appended" && !o.duplicate) fresh.push(o.event)
-          // Listeners rely on offset order; outcomes come in request order, which is the same for every correct store.
-          for (let i = 1; i < fresh.length; i++)
-            if ((fresh[i] as Event).offset < (fresh[i - 1] as Event).offset) {
-              fresh.sort((a, b) => a.offset - b.offset)
-              break
-            }
-          if (fresh.length > 0) {
-            const head = (fresh[fresh.length - 1] as Event).offset + 1
-            for (const l of listeners) l(depot, partition, fresh, head)
-          }
-          for (let i = 0; i < batch.length; i++) deliver(batch[i] as Pending, outcomes[i] as AppendOutcome)
+          committed(depot, partition, batch, outcomes)
         },
       )
 
@@ -151,9 +168,9 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
       )
     }
 
-    const take = (p: Partition): Array<Pending> => {
-      const batch = p.pending.length <= options.batchMax ? p.pending : p.pending.slice(0, options.batchMax)
-      p.pending = p.pending.length <= options.batchMax ? [] : p.pending.slice(options.batchMax)
+    const take = (p: Partition, max = options.batchMax): Array<Pending> => {
+      const batch = p.pending.length <= max ? p.pending : p.pending.slice(0, max)
+      p.pending = p.pending.length <= max ? [] : p.pending.slice(max)
       while (p.blocked.length > 0 && p.pending.length < options.inFlight) p.pending.push(p.blocked.shift() as Pending)
       return batch
     }
@@ -170,18 +187,131 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
         })
       })
 
+    const needsParentCheck = (batch: ReadonlyArray<Pending>) =>
+      batch.some((p) => p.request.checkParent === true && p.request.parent !== undefined)
+
+    type Taken = { readonly p: Partition; readonly batch: Array<Pending> }
+
+    /**
+     * Commits batches of several partitions: one `appendAll` for those that
+     * name no parent to check; the one-partition path for the others, and
+     * for every batch of a combined commit that failed (it says which
+     * partition failed, and why).
+     */
+    const commitTaken = (taken: ReadonlyArray<Taken>, appendAll: NonNullable<DepotStoreShape["appendAll"]>) => {
+      const together = taken.filter((t) => !needsParentCheck(t.batch))
+      const alone = taken.filter((t) => needsParentCheck(t.batch))
+      if (together.length === 1) alone.unshift(together.pop() as Taken)
+      const eachAlone = (ts: ReadonlyArray<Taken>) =>
+        Effect.forEach(ts, ({ p, batch }) => commit(p.depot, p.partition, batch), { discard: true })
+      const combined =
+        together.length === 0
+          ? Effect.void
+          : appendAll(
+              together.map(({ p, batch }) => ({
+                depot: p.depot,
+                partition: p.partition,
+                requests: batch.map((x) => x.request),
+              })),
+            ).pipe(
+              Effect.andThen((outcomes) =>
+                Effect.sync(() => {
+                  stats.commits++
+                  for (let i = 0; i < together.length; i++) {
+                    const { p, batch } = together[i] as Taken
+                    committed(p.depot, p.partition, batch, outcomes[i] as ReadonlyArray<AppendOutcome>)
+                  }
+                }),
+              ),
+              Effect.catch(() => eachAlone(together)),
+            )
+      return Effect.andThen(combined, eachAlone(alone))
+    }
+
     for (const depot of depots)
-      for (let partition = 0; partition < depot.partitions; partition++) {
-        const p: Partition = { depot: depot.name, partition, pending: [], blocked: [], wake: undefined }
-        partitions.set(`${depot.name}/${partition}`, p)
-        const loop = Effect.forever(
-          Effect.andThen(
-            nonEmpty(p),
-            Effect.suspend(() => commit(p.depot, p.partition, take(p))),
+      for (let partition = 0; partition < depot.partitions; partition++)
+        partitions.set(`${depot.name}/${partition}`, {
+          depot: depot.name,
+          partition,
+          pending: [],
+          blocked: [],
+          wake: undefined,
+        })
+    const all = [...partitions.values()]
+    const appendAll = store.appendAll
+    if (appendAll !== undefined && all.length > 1) {
+      // A pool of committers, as many as partitions. A committer takes the waiting batches of
+      // partitions no other commit holds, up to batchMax appends in all. While a commit is in
+      // flight another starts only with a full batch's worth waiting: light load makes one commit
+      // of many partitions' small batches at a time, heavy load one commit per partition, in parallel.
+      const busy = new Set<Partition>()
+      let rounds = 0
+      const idle: Array<() => void> = []
+      let woken = false
+      const signal = () => {
+        if (woken) return
+        const next = idle.shift()
+        if (next === undefined) return
+        woken = true
+        next()
+      }
+      const ready = () => {
+        let waiting = 0
+        for (const p of all) if (!busy.has(p)) waiting += p.pending.length
+        return waiting > 0 && (rounds === 0 || waiting >= options.batchMax)
+      }
+      for (const p of all) p.wake = () => busy.has(p) || !ready() || signal()
+      const waitReady = Effect.callback<void>((resume) => {
+        if (ready()) return resume(Effect.void)
+        const resumeMe = () => resume(Effect.void)
+        idle.push(resumeMe)
+        return Effect.sync(() => {
+          const i = idle.indexOf(resumeMe)
+          if (i >= 0) idle.splice(i, 1)
+        })
+      })
+      let cursor = 0
+      const round = Effect.suspend(() => {
+        woken = false
+        const taken: Array<Taken> = []
+        let budget = options.batchMax
+        for (let k = 0; k < all.length && budget > 0; k++) {
+          const p = all[(cursor + k) % all.length] as Partition
+          if (p.pending.length === 0 || busy.has(p)) continue
+          const batch = take(p, budget)
+          budget -= batch.length
+          busy.add(p)
+          taken.push({ p, batch })
+        }
+        cursor = (cursor + 1) % all.length
+        if (taken.length === 0) return Effect.void
+        rounds++
+        // Another committer may take what is left over.
+        if (ready()) signal()
+        return commitTaken(taken, appendAll).pipe(
+          Effect.ensuring(
+            Effect.sync(() => {
+              rounds--
+              for (const t of taken) busy.delete(t.p)
+              if (ready()) signal()
+            }),
           ),
         )
-        fibers.push(yield* Effect.forkDetach(loop))
-      }
+      })
+      for (let i = 0; i < all.length; i++)
+        fibers.push(yield* Effect.forkDetach(Effect.forever(Effect.andThen(waitReady, round))))
+    } else
+      for (const p of all)
+        fibers.push(
+          yield* Effect.forkDetach(
+            Effect.forever(
+              Effect.andThen(
+                nonEmpty(p),
+                Effect.suspend(() => commit(p.depot, p.partition, take(p))),
+              ),
+            ),
+          ),
+        )
     yield* Effect.addFinalizer(() => Effect.forEach(fibers, Fiber.interrupt, { discard: true }))
 
     const appendWith: DepotWriterShape["appendWith"] = (depot, partition, request, done) => {

@@ -25,6 +25,8 @@ export interface DepotStoreCapabilities {
   readonly fencing?: boolean
   /** Runs of the model-based property (default 100). */
   readonly propertyRuns?: number
+  /** Offers `appendAll`: batches of several partitions in one commit. */
+  readonly appendAll?: boolean
 }
 
 const T0 = 1_767_225_600_000
@@ -681,6 +683,124 @@ export const depotStoreConformance = <E>(
                 }
                 for (let m = 0; m < 12; m++)
                   expect(await run(store.byMessageId(d, `m${m}`))).toEqual(events.find((e) => e.messageId === `m${m}`))
+              }),
+              { numRuns: capabilities.propertyRuns ?? 100 },
+            ),
+          )
+        }),
+      120_000,
+    )
+
+    /** The store's `appendAll`, which the adapter declared it offers. */
+    const appendAllOf = (store: DepotStoreShape) => {
+      const appendAll = store.appendAll
+      if (appendAll === undefined) throw new Error(`${name} declares appendAll but does not offer it`)
+      return appendAll
+    }
+
+    it.effect.runIf(capabilities.appendAll === true)(
+      "appendAll commits several partitions' batches at once, each with the outcomes append gives",
+      () =>
+        Effect.gen(function* () {
+          const d = freshName()
+          const store = yield* storeWith(d)
+          yield* store.append(d, 1, [req("old", "b")])
+          const out = yield* appendAllOf(store)([
+            { depot: d, partition: 0, requests: [req("m0", "a"), req("m1", "a"), req("m2", "c", { expect: 1 })] },
+            { depot: d, partition: 1, requests: [req("m3", "b", { expect: 1 }), req("m3", "b")] },
+            { depot: d, partition: 2, requests: [] },
+          ])
+          expect(out).toHaveLength(3)
+          expect((out[0] ?? []).map((o) => o._tag)).toEqual(["Appended", "Appended", "VersionConflict"])
+          expect((out[0] ?? []).slice(0, 2).map((o) => fresh(o).offset)).toEqual([0, 1])
+          expect(fresh(out[1]?.[0])).toMatchObject({ offset: 1, version: 2, id: `${d}:1:1` })
+          expect(duplicateOf(out[1]?.[1])).toEqual(fresh(out[1]?.[0]))
+          expect(out[2]).toEqual([])
+          expect(yield* readAll(store, d, 0)).toEqual((out[0] ?? []).slice(0, 2).map(fresh))
+          expect((yield* readAll(store, d, 1)).map((e) => e.messageId)).toEqual(["old", "m3"])
+          expect(yield* store.version(d, 0, "a")).toBe(2)
+          // What appendAll wrote is what the next append builds on.
+          expect(fresh((yield* store.append(d, 0, [req("m4", "a")]))[0])).toMatchObject({ offset: 2, version: 3 })
+        }),
+    )
+
+    it.effect.runIf(capabilities.appendAll === true && capabilities.fencing === true)(
+      "appendAll with a fenced partition among its batches appends nothing to any of them",
+      () =>
+        Effect.gen(function* () {
+          const d = freshName()
+          const a = yield* storeWith(d)
+          const b = yield* storeWith(d)
+          yield* a.append(d, 0, [req("k1", "x")])
+          yield* a.append(d, 1, [req("k2", "y")])
+          yield* b.append(d, 1, [req("k3", "y")])
+          const failed = yield* Effect.flip(
+            appendAllOf(a)([
+              { depot: d, partition: 0, requests: [req("k4", "x")] },
+              { depot: d, partition: 1, requests: [req("k5", "y")] },
+            ]),
+          )
+          expect(failed._tag).toBe("StoreError")
+          expect((yield* readAll(a, d, 0)).map((e) => e.messageId)).toEqual(["k1"])
+          expect((yield* readAll(a, d, 1)).map((e) => e.messageId)).toEqual(["k2", "k3"])
+          // Alone, the partition nobody else wrote appends; the fenced one says so.
+          expect(fresh((yield* a.append(d, 0, [req("k4", "x")]))[0])).toMatchObject({ offset: 1, version: 2 })
+          expect((yield* Effect.flip(a.append(d, 1, [req("k5", "y")]))).code).toBe("FENCED")
+        }),
+    )
+
+    it.effect.runIf(capabilities.appendAll === true)(
+      "appendAll matches the model or appends nothing: random runs of batches of distinct partitions",
+      () =>
+        Effect.gen(function* () {
+          const store = yield* instance
+          const appendAll = appendAllOf(store)
+          const run = <A>(effect: Effect.Effect<A, StoreError>) => Effect.runPromise(effect)
+          yield* Effect.promise(() =>
+            fc.assert(
+              fc.asyncProperty(genBatches, async (batches) => {
+                const d = freshName("pa")
+                await run(store.open([declare(d)]))
+                let events: ReadonlyArray<Event> = []
+                let childSeq = 0
+                // Consecutive batches of distinct partitions go to appendAll together.
+                const runs: Array<Array<GenBatch>> = []
+                for (const batch of batches) {
+                  const last = runs[runs.length - 1]
+                  if (last !== undefined && !last.some((b) => b.partition === batch.partition)) last.push(batch)
+                  else runs.push([batch])
+                }
+                for (const group of runs) {
+                  const concrete: Array<{ partition: number; requests: Array<AppendRequest> }> = []
+                  const expected: Array<Array<AppendOutcome>> = []
+                  for (const batch of group) {
+                    const requests: Array<AppendRequest> = []
+                    const outcomes: Array<AppendOutcome> = []
+                    for (const g of batch.requests) {
+                      const request = concretize(d, events, batch.partition, g, () => childSeq++)
+                      const [next, outcome] = modelStep(d, events, { partition: batch.partition, request })
+                      events = next
+                      requests.push(request)
+                      outcomes.push(outcome)
+                    }
+                    concrete.push({ partition: batch.partition, requests })
+                    expected.push(outcomes)
+                  }
+                  const together = await run(Effect.result(appendAll(concrete.map((c) => ({ depot: d, ...c })))))
+                  if (together._tag === "Success") expect(together.success).toEqual(expected)
+                  // Refused: nothing of it may have landed, so each batch alone gives the model's outcomes.
+                  else
+                    for (let i = 0; i < concrete.length; i++) {
+                      const c = concrete[i] as (typeof concrete)[number]
+                      expect(await run(store.append(d, c.partition, c.requests))).toEqual(expected[i])
+                    }
+                }
+                for (let p = 0; p < PROPERTY_PARTITIONS; p++) {
+                  const mine = events.filter((e) => e.partition === p)
+                  expect(await run(readAll(store, d, p))).toEqual(mine)
+                  for (const key of KEYS_OF[p] ?? [])
+                    expect(await run(store.version(d, p, key))).toBe(modelVersion(events, p, key))
+                }
               }),
               { numRuns: capabilities.propertyRuns ?? 100 },
             ),

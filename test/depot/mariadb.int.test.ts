@@ -38,9 +38,17 @@ const req = (messageId: string, key: string, extra: Partial<AppendRequest> = {})
 describe.runIf(available)("MariaDB depot store", () => {
   afterAll(() => dropDatabase(settings))
 
-  depotStoreConformance("mariadb", () => storeLayer(), { reopen: true, fencing: true, propertyRuns: 40 })
+  depotStoreConformance("mariadb", () => storeLayer(), {
+    reopen: true,
+    fencing: true,
+    propertyRuns: 40,
+    appendAll: true,
+  })
   // Every key evicted at once: versions must then come from the table, every batch.
-  depotStoreConformance("mariadb, key cache of 1", () => storeLayer({ keyCacheSize: 1 }), { propertyRuns: 25 })
+  depotStoreConformance("mariadb, key cache of 1", () => storeLayer({ keyCacheSize: 1 }), {
+    propertyRuns: 25,
+    appendAll: true,
+  })
 
   const store = Effect.map(Layer.build(storeLayer()), (ctx) => Context.get(ctx, DepotStore))
   const declare = (name: string) => Depot.make({ name, partitions: 4, key: "test key", events: {} })
