@@ -5,8 +5,10 @@
  *   (a) amqplib RPC with direct reply-to, no work;
  *   (b) the same RPC server doing a group-commit multi-row insert into MariaDB before replying;
  *   (c) publishing with confirms to a durable classic queue (for `none`).
- * Servers run as their own processes, as the engine does. Each measured run
- * follows WARM_UP calls that are not measured.
+ * Servers run as their own processes, as the engine does. Every contender
+ * first makes WARM_UP calls that are not measured; then the contenders take
+ * turns over several rounds, and each ratio is BEDS over its baseline within
+ * one round.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
@@ -59,21 +61,35 @@ const peakRss = (pid: number | undefined): number => {
   }
 }
 
-/** Calls made, unmeasured, before each measured run: every contender starts warm (JIT, pools, caches). */
+/** Calls made, unmeasured, before the measured rounds: every contender starts warm (JIT, pools, caches). */
 const WARM_UP = 5_000
 
-/** Keeps `inFlight` calls going for `n` calls, after WARM_UP calls not measured; latency per call. */
-const drive = async (label: string, n: number, inFlight: number, call: (i: number) => Promise<void>): Promise<Rate> => {
-  const warm = Math.min(WARM_UP, Math.floor(n / 10))
+/** One measured run: its rate and percentiles, and what pooling runs needs. */
+interface Measured extends Rate {
+  readonly calls: number
+  readonly seconds: number
+  readonly lat: ReadonlyArray<number>
+}
+
+const warm = async (call: (i: number) => Promise<void>, inFlight: number) => {
   let next = 0
   await Promise.all(
     Array.from({ length: inFlight }, async () => {
-      while (next < warm) await call(n + next++)
+      while (next < WARM_UP) await call(1_000_000_000 + next++)
     }),
   )
+}
+
+/** Keeps `inFlight` calls going for `n` calls; latency per call. */
+const drive = async (
+  label: string,
+  n: number,
+  inFlight: number,
+  call: (i: number) => Promise<void>,
+): Promise<Measured> => {
   const lat: Array<number> = new Array(n)
   const bar = progress(label, n)
-  next = 0
+  let next = 0
   let done = 0
   const t0 = performance.now()
   await Promise.all(
@@ -89,8 +105,8 @@ const drive = async (label: string, n: number, inFlight: number, call: (i: numbe
   )
   bar.stop()
   const seconds = (performance.now() - t0) / 1000
-  const sorted = lat.sort((a, b) => a - b)
-  return { perSec: n / seconds, p50: percentile(sorted, 50), p99: percentile(sorted, 99) }
+  const sorted = [...lat].sort((a, b) => a - b)
+  return { perSec: n / seconds, p50: percentile(sorted, 50), p99: percentile(sorted, 99), calls: n, seconds, lat }
 }
 
 /** Calls at a fixed rate for `seconds`; latency per call. */
@@ -150,98 +166,169 @@ const rpcClient = async (queue: string) => {
 }
 
 export interface AmqpResult {
+  readonly rounds: number
   readonly echo: Rate
   readonly insert: Rate
   readonly confirms: Rate
   readonly beds: { none: Rate; append: Rate; full: Rate; fullHalf: Rate }
+  /** Per round, BEDS over its baseline of the same round. */
+  readonly ratios: { none: ReadonlyArray<number>; append: ReadonlyArray<number>; full: ReadonlyArray<number> }
   readonly engineRssMb: number
 }
 
-export const runAmqp = async (n: number, inFlight: number): Promise<AmqpResult> => {
-  // (a) and (b)
-  const baseline = async (mode: "echo" | "insert") => {
-    const q = `bench.rpc.${mode}.${process.pid}`
-    const server = await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), mode, q])
-    const client = await rpcClient(q)
-    try {
-      return await drive(`RPC ${mode}`, n, inFlight, client.call)
-    } finally {
-      await client.close()
-      await stop(server)
-    }
-  }
-  const echo = await baseline("echo")
-  const insert = await baseline("insert")
+type Contender = "echo" | "insert" | "confirms" | "none" | "append" | "full"
 
-  // (c) publish with confirms to a durable classic queue
-  const confirms = await (async () => {
-    const conn = await amqp.connect(URL, { noDelay: true })
-    const ch = await conn.createConfirmChannel()
-    const q = `bench.confirm.${process.pid}`
-    await ch.assertQueue(q, { durable: true })
-    try {
-      return await drive(
-        "publish + confirm",
-        n,
-        inFlight,
-        (i) =>
-          new Promise<void>((resolve, reject) =>
-            ch.sendToQueue(
-              q,
-              Buffer.from(JSON.stringify({ amount: i })),
-              { persistent: true, messageId: randomUUID() },
-              (err) => (err ? reject(err) : resolve()),
-            ),
-          ),
-      )
-    } finally {
-      await ch.deleteQueue(q)
-      await conn.close()
-    }
-  })()
+/** A contender's calls of every round: rate over all of them, latency percentiles over all of them. */
+const pooled = (
+  runs: ReadonlyArray<Rate & { readonly calls: number; readonly seconds: number; readonly lat: ReadonlyArray<number> }>,
+): Rate => {
+  const lat = runs.flatMap((r) => r.lat).sort((a, b) => a - b)
+  const calls = runs.reduce((n, r) => n + r.calls, 0)
+  const seconds = runs.reduce((n, r) => n + r.seconds, 0)
+  return { perSec: calls / seconds, p50: percentile(lat, 50), p99: percentile(lat, 99) }
+}
 
-  // BEDS: an engine process on RabbitMQ + MariaDB.
-  const admin = await mariadb.createConnection({ host: "127.0.0.1", user: "root" })
-  await admin.query("DROP DATABASE IF EXISTS beds_bench_amqp")
-  await admin.end()
-  const engine = await start(process.execPath, [path.join(root, "bin/beds.js"), "start"], {
-    ...process.env,
-    BEDS_ENV: "dev",
-    BEDS__MARIADB__DATABASE: "beds_bench_amqp",
-    // The contract's comparison: the accounts depot with the balances topology only
-    // (BENCH_NO_TOPOLOGY: none, to see what the projection costs).
-    BEDS__ROLES__BENCH: `{ depots = ["accounts"], topologies = [${process.env.BENCH_NO_TOPOLOGY ? "" : '"balances"'}] }`,
-    BEDS__ENGINE__ROLE: "bench",
-  })
-  const client = await AmqpClient.connect(URL, { connectionName: "beds bench" })
+/**
+ * The contenders run one after another in `rounds` rounds of n / rounds
+ * calls each, so that a slow spell of this shared machine hits baselines
+ * and BEDS alike; each ratio is taken within a round.
+ */
+export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<AmqpResult> => {
+  const servers: Array<ChildProcess> = []
+  const closers: Array<() => Promise<unknown>> = []
   try {
-    const run = (ack: "none" | "append" | "full") => (i: number) =>
+    // (a) and (b): RPC servers of their own, as the engine is.
+    const rpc = async (mode: "echo" | "insert") => {
+      const q = `bench.rpc.${mode}.${process.pid}`
+      servers.push(await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), mode, q]))
+      const client = await rpcClient(q)
+      closers.push(client.close)
+      return client.call
+    }
+    const echo = await rpc("echo")
+    const insert = await rpc("insert")
+
+    // (c) publish with confirms to a durable classic queue
+    const conn = await amqp.connect(URL, { noDelay: true })
+    closers.push(() => conn.close())
+    const confirmChannel = await conn.createConfirmChannel()
+    const q = `bench.confirm.${process.pid}`
+    await confirmChannel.assertQueue(q, { durable: true })
+    closers.unshift(() => confirmChannel.deleteQueue(q))
+    const confirms = (i: number) =>
+      new Promise<void>((resolve, reject) =>
+        confirmChannel.sendToQueue(
+          q,
+          Buffer.from(JSON.stringify({ amount: i })),
+          { persistent: true, messageId: randomUUID() },
+          (err) => (err ? reject(err) : resolve()),
+        ),
+      )
+
+    // BEDS: an engine process on RabbitMQ + MariaDB.
+    const admin = await mariadb.createConnection({ host: "127.0.0.1", user: "root" })
+    await admin.query("DROP DATABASE IF EXISTS beds_bench_amqp")
+    await admin.end()
+    const engine = await start(process.execPath, [path.join(root, "bin/beds.js"), "start"], {
+      ...process.env,
+      BEDS_ENV: "dev",
+      BEDS__MARIADB__DATABASE: "beds_bench_amqp",
+      // The contract's comparison: the accounts depot with the balances topology only
+      // (BENCH_NO_TOPOLOGY: none, to see what the projection costs).
+      BEDS__ROLES__BENCH: `{ depots = ["accounts"], topologies = [${process.env.BENCH_NO_TOPOLOGY ? "" : '"balances"'}] }`,
+      BEDS__ENGINE__ROLE: "bench",
+    })
+    servers.push(engine)
+    const client = await AmqpClient.connect(URL, { connectionName: "beds bench" })
+    closers.unshift(() => client.close())
+    const beds = (ack: "none" | "append" | "full") => (i: number) =>
       client
         .publish("accounts", "Deposited", `acc-${i % 10_000}`, { amount: 1 + (i % 100) }, { ack, id: randomUUID() })
         .then(() => undefined)
-    const none = await drive("BEDS none", n, inFlight, run("none"))
-    const append = await drive("BEDS append", n, inFlight, run("append"))
-    const full = await drive("BEDS full", n, inFlight, run("full"))
-    const fullHalf = await paced("BEDS full at half peak", full.perSec / 2, 8, run("full"))
-    return { echo, insert, confirms, beds: { none, append, full, fullHalf }, engineRssMb: peakRss(engine.pid) }
+    // `none` is answered by RabbitMQ's confirm, before the engine has taken the commands: wait
+    // until it has, so that its work does not fall into the next contender's time.
+    const queuesDrained = async () => {
+      const ch = await conn.createChannel()
+      try {
+        for (let i = 0; i < 600; i++) {
+          let waiting = 0
+          for (let p = 0; p < 4; p++) waiting += (await ch.checkQueue(`beds.cmd.accounts.${p}`)).messageCount
+          if (waiting === 0) break
+          await new Promise((r) => setTimeout(r, 100))
+        }
+      } finally {
+        await ch.close()
+      }
+      // And let the live streams commit what they lingered over.
+      await new Promise((r) => setTimeout(r, 300))
+    }
+
+    const calls: Record<Contender, (i: number) => Promise<void>> = {
+      echo,
+      insert,
+      confirms,
+      none: beds("none"),
+      append: beds("append"),
+      full: beds("full"),
+    }
+    const labels: Record<Contender, string> = {
+      echo: "RPC echo",
+      insert: "RPC insert",
+      confirms: "publish + confirm",
+      none: "BEDS none",
+      append: "BEDS append",
+      full: "BEDS full",
+    }
+    const order: ReadonlyArray<Contender> = ["echo", "insert", "confirms", "none", "append", "full"]
+    const per = Math.max(1, Math.floor(n / rounds))
+    for (const c of order) await warm(calls[c], inFlight)
+    await queuesDrained()
+    const runs = Object.fromEntries(order.map((c) => [c, [] as Array<Measured>])) as Record<Contender, Array<Measured>>
+    for (let r = 0; r < rounds; r++)
+      for (const c of order) {
+        // Each (c) run starts from an empty queue, as the first one does.
+        if (c === "confirms") await confirmChannel.purgeQueue(q)
+        runs[c].push(await drive(`${labels[c]} (round ${r + 1}/${rounds})`, per, inFlight, calls[c]))
+        if (c === "none") await queuesDrained()
+      }
+    const full = pooled(runs.full)
+    await queuesDrained()
+    const fullHalf = await paced("BEDS full at half peak", full.perSec / 2, 8, calls.full)
+    const ratio = (x: Contender, base: Contender) =>
+      runs[x].map((m, i) => m.perSec / (runs[base][i] as Measured).perSec)
+    return {
+      rounds,
+      echo: pooled(runs.echo),
+      insert: pooled(runs.insert),
+      confirms: pooled(runs.confirms),
+      beds: { none: pooled(runs.none), append: pooled(runs.append), full, fullHalf },
+      ratios: { none: ratio("none", "confirms"), append: ratio("append", "insert"), full: ratio("full", "insert") },
+      engineRssMb: peakRss(engine.pid),
+    }
   } finally {
-    await client.close()
-    await stop(engine)
+    for (const close of closers) await close().catch(() => undefined)
+    for (const server of servers) await stop(server)
   }
 }
 
 export const printAmqp = (r: AmqpResult) => {
-  const row = (name: string, x: Rate, vs?: { base: Rate; target: string }) =>
+  const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number
+  const pct = (x: number) => `${fmt(x * 100, 1)} %`
+  const row = (name: string, x: Rate, vs?: { ratios: ReadonlyArray<number>; target: string }) =>
     console.log(
-      `  ${name.padEnd(44)}${fmt(x.perSec).padStart(9)}/s  p50 ${fmt(x.p50, 2).padStart(7)} ms  p99 ${fmt(x.p99, 2).padStart(7)} ms${vs ? `  ${fmt((x.perSec / vs.base.perSec) * 100, 1)} % (${vs.target})` : ""}`,
+      `  ${name.padEnd(44)}${fmt(x.perSec).padStart(9)}/s  p50 ${fmt(x.p50, 2).padStart(7)} ms  p99 ${fmt(x.p99, 2).padStart(7)} ms${
+        vs ? `  ${pct(median(vs.ratios))} ${vs.target}; rounds ${vs.ratios.map(pct).join(", ")}` : ""
+      }`,
     )
-  console.log(`\nAMQP write path (engine process on RabbitMQ + MariaDB, balances topology)`)
+  console.log(
+    `\nAMQP write path (engine process on RabbitMQ + MariaDB, balances topology; ${r.rounds} interleaved rounds, median ratio of the rounds)`,
+  )
   row("(a) raw RPC, direct reply-to, no work", r.echo)
   row("(b) raw RPC + group-commit INSERT", r.insert)
   row("(c) raw publish with confirms", r.confirms)
-  row("BEDS none", r.beds.none, { base: r.confirms, target: "of (c); target >= 80 %" })
-  row("BEDS append", r.beds.append, { base: r.insert, target: "of (b); target >= 70 %" })
-  row("BEDS full", r.beds.full, { base: r.insert, target: "of (b); target >= 50 %" })
+  row("BEDS none", r.beds.none, { ratios: r.ratios.none, target: "of (c), target >= 80 %" })
+  row("BEDS append", r.beds.append, { ratios: r.ratios.append, target: "of (b), target >= 70 %" })
+  row("BEDS full", r.beds.full, { ratios: r.ratios.full, target: "of (b), target >= 50 %" })
   row("BEDS full at half its peak rate", r.beds.fullHalf)
   console.log(
     `  p99 of full at half peak / p99 of (b): ${fmt(r.beds.fullHalf.p99 / r.insert.p99, 2)} (target <= 2); engine peak RSS ${fmt(r.engineRssMb)} MB`,

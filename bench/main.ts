@@ -20,7 +20,14 @@ if (want("foundation")) {
   const events = Number(process.env.BENCH_N ?? 300_000)
   printFoundation(await runFoundation(events, inFlight === undefined ? undefined : Number(inFlight)))
 }
-if (want("amqp")) printAmqp(await runAmqp(Math.min(n, 50_000), Number(process.env.BENCH_AMQP_IN_FLIGHT ?? 256)))
+if (want("amqp"))
+  printAmqp(
+    await runAmqp(
+      Math.min(n, 60_000),
+      Number(process.env.BENCH_AMQP_IN_FLIGHT ?? 256),
+      Number(process.env.BENCH_ROUNDS ?? 3),
+    ),
+  )
 if (want("embedded"))
   printEmbedded(
     await runEmbedded(n, Number(process.env.BENCH_IN_FLIGHT ?? 2000), Number(process.env.BENCH_REBUILD ?? 1_000_000)),
