@@ -71,14 +71,28 @@ interface Measured extends Rate {
   readonly lat: ReadonlyArray<number>
 }
 
-const warm = async (call: (i: number) => Promise<void>, inFlight: number) => {
+/** Makes calls 0..n-1 with `inFlight` of them pending at a time; `after(i, ms)` follows each. */
+const keepInFlight = (
+  n: number,
+  inFlight: number,
+  call: (i: number) => Promise<void>,
+  after: (i: number, ms: number) => void = () => undefined,
+) => {
   let next = 0
-  await Promise.all(
+  return Promise.all(
     Array.from({ length: inFlight }, async () => {
-      while (next < WARM_UP) await call(1_000_000_000 + next++)
+      while (next < n) {
+        const i = next++
+        const t = performance.now()
+        await call(i)
+        after(i, performance.now() - t)
+      }
     }),
   )
 }
+
+const warm = (call: (i: number) => Promise<void>, inFlight: number) =>
+  keepInFlight(WARM_UP, inFlight, (i) => call(1_000_000_000 + i))
 
 /** Keeps `inFlight` calls going for `n` calls; latency per call. */
 const drive = async (
@@ -89,20 +103,12 @@ const drive = async (
 ): Promise<Measured> => {
   const lat: Array<number> = new Array(n)
   const bar = progress(label, n)
-  let next = 0
   let done = 0
   const t0 = performance.now()
-  await Promise.all(
-    Array.from({ length: inFlight }, async () => {
-      while (next < n) {
-        const i = next++
-        const t = performance.now()
-        await call(i)
-        lat[i] = performance.now() - t
-        if (++done % 1000 === 0) bar.update(done)
-      }
-    }),
-  )
+  await keepInFlight(n, inFlight, call, (i, ms) => {
+    lat[i] = ms
+    if (++done % 1000 === 0) bar.update(done)
+  })
   bar.stop()
   const seconds = (performance.now() - t0) / 1000
   const sorted = [...lat].sort((a, b) => a - b)

@@ -182,6 +182,21 @@ const concretize = (
   return base
 }
 
+/** Folds one generated batch into the model: its concrete requests, their outcomes, the model after them. */
+const foldBatch = (depot: string, before: ReadonlyArray<Event>, batch: GenBatch, child: () => number) => {
+  let events = before
+  const requests: Array<AppendRequest> = []
+  const outcomes: Array<AppendOutcome> = []
+  for (const g of batch.requests) {
+    const request = concretize(depot, events, batch.partition, g, child)
+    const [next, outcome] = modelStep(depot, events, { partition: batch.partition, request })
+    events = next
+    requests.push(request)
+    outcomes.push(outcome)
+  }
+  return { events, requests, outcomes }
+}
+
 // ---------------------------------------------------------------------------
 
 /** Registers the depot-store conformance tests for one adapter. */
@@ -211,6 +226,19 @@ export const depotStoreConformance = <E>(
     })
 
   const readAll = (store: DepotStoreShape, depot: string, partition: number) => store.read(depot, partition, 0, 100_000)
+
+  /** The store holds exactly the model's events: logs, heads, versions and message_ids. */
+  const matchesModel = async (store: DepotStoreShape, d: string, events: ReadonlyArray<Event>) => {
+    const run = <A>(effect: Effect.Effect<A, StoreError>) => Effect.runPromise(effect)
+    for (let p = 0; p < PROPERTY_PARTITIONS; p++) {
+      const mine = events.filter((e) => e.partition === p)
+      expect(await run(readAll(store, d, p))).toEqual(mine)
+      expect(await run(store.head(d, p))).toBe(mine.length)
+      for (const key of KEYS_OF[p] ?? []) expect(await run(store.version(d, p, key))).toBe(modelVersion(events, p, key))
+    }
+    for (let m = 0; m < 12; m++)
+      expect(await run(store.byMessageId(d, `m${m}`))).toEqual(events.find((e) => e.messageId === `m${m}`))
+  }
 
   describe(`DepotStore conformance: ${name}`, () => {
     describe("offsets", () => {
@@ -663,26 +691,11 @@ export const depotStoreConformance = <E>(
                 let events: ReadonlyArray<Event> = []
                 let childSeq = 0
                 for (const batch of batches) {
-                  const requests: Array<AppendRequest> = []
-                  const expected: Array<AppendOutcome> = []
-                  for (const g of batch.requests) {
-                    const request = concretize(d, events, batch.partition, g, () => childSeq++)
-                    const [next, outcome] = modelStep(d, events, { partition: batch.partition, request })
-                    events = next
-                    requests.push(request)
-                    expected.push(outcome)
-                  }
-                  expect(await run(store.append(d, batch.partition, requests))).toEqual(expected)
+                  const step = foldBatch(d, events, batch, () => childSeq++)
+                  events = step.events
+                  expect(await run(store.append(d, batch.partition, step.requests))).toEqual(step.outcomes)
                 }
-                for (let p = 0; p < PROPERTY_PARTITIONS; p++) {
-                  const mine = events.filter((e) => e.partition === p)
-                  expect(await run(readAll(store, d, p))).toEqual(mine)
-                  expect(await run(store.head(d, p))).toBe(mine.length)
-                  for (const key of KEYS_OF[p] ?? [])
-                    expect(await run(store.version(d, p, key))).toBe(modelVersion(events, p, key))
-                }
-                for (let m = 0; m < 12; m++)
-                  expect(await run(store.byMessageId(d, `m${m}`))).toEqual(events.find((e) => e.messageId === `m${m}`))
+                await matchesModel(store, d, events)
               }),
               { numRuns: capabilities.propertyRuns ?? 100 },
             ),
@@ -774,17 +787,10 @@ export const depotStoreConformance = <E>(
                   const concrete: Array<{ partition: number; requests: Array<AppendRequest> }> = []
                   const expected: Array<Array<AppendOutcome>> = []
                   for (const batch of group) {
-                    const requests: Array<AppendRequest> = []
-                    const outcomes: Array<AppendOutcome> = []
-                    for (const g of batch.requests) {
-                      const request = concretize(d, events, batch.partition, g, () => childSeq++)
-                      const [next, outcome] = modelStep(d, events, { partition: batch.partition, request })
-                      events = next
-                      requests.push(request)
-                      outcomes.push(outcome)
-                    }
-                    concrete.push({ partition: batch.partition, requests })
-                    expected.push(outcomes)
+                    const step = foldBatch(d, events, batch, () => childSeq++)
+                    events = step.events
+                    concrete.push({ partition: batch.partition, requests: step.requests })
+                    expected.push(step.outcomes)
                   }
                   const together = await run(Effect.result(appendAll(concrete.map((c) => ({ depot: d, ...c })))))
                   if (together._tag === "Success") expect(together.success).toEqual(expected)
@@ -795,12 +801,7 @@ export const depotStoreConformance = <E>(
                       expect(await run(store.append(d, c.partition, c.requests))).toEqual(expected[i])
                     }
                 }
-                for (let p = 0; p < PROPERTY_PARTITIONS; p++) {
-                  const mine = events.filter((e) => e.partition === p)
-                  expect(await run(readAll(store, d, p))).toEqual(mine)
-                  for (const key of KEYS_OF[p] ?? [])
-                    expect(await run(store.version(d, p, key))).toBe(modelVersion(events, p, key))
-                }
+                await matchesModel(store, d, events)
               }),
               { numRuns: capabilities.propertyRuns ?? 100 },
             ),

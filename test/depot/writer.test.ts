@@ -72,11 +72,7 @@ const recordingStore = (options: {
 }
 
 /** A writer over `store`; `f` gets an append that resolves with its outcome. */
-const withWriter = <A>(
-  store: DepotStoreShape,
-  batchMax: number,
-  f: (append: (partition: number, id: string) => Promise<AppendOutcome | StoreError>) => Promise<A>,
-) =>
+const withWriter = <A>(store: DepotStoreShape, batchMax: number, f: (append: Append) => Promise<A>) =>
   Effect.runPromise(
     Effect.scoped(
       Effect.gen(function* () {
@@ -89,20 +85,43 @@ const withWriter = <A>(
   )
 
 const tick = () => new Promise((r) => setTimeout(r, 10))
+
+type Append = (partition: number, id: string) => Promise<AppendOutcome | StoreError>
+
+/**
+ * Holds the store's commits, appends "a0" to partition 0, then `more` while
+ * that commit is in flight; runs `whileHeld`, releases, and returns every
+ * outcome, the first one's first.
+ */
+const behindFirstCommit = async (
+  s: ReturnType<typeof recordingStore>,
+  append: Append,
+  more: () => Array<Promise<AppendOutcome | StoreError>>,
+  whileHeld: () => void = () => undefined,
+) => {
+  s.hold()
+  const first = append(0, "a0")
+  await tick()
+  const rest = more()
+  await tick()
+  whileHeld()
+  s.release()
+  return Promise.all([first, ...rest])
+}
 const offsetOf = (o: AppendOutcome | StoreError) => (o._tag === "Appended" ? o.event.offset : -1)
 
 describe("depot writer", () => {
   it("appends waiting on several partitions behind a commit in flight go out in one commit, each partition in order", async () => {
     const s = recordingStore({ appendAll: true })
-    const outcomes = await withWriter(s.store, 1000, async (append) => {
-      s.hold()
-      const first = append(0, "a0")
-      await tick()
-      const rest = [append(1, "b0"), append(0, "a1"), append(2, "c0"), append(1, "b1"), append(3, "d0")]
-      await tick()
-      s.release()
-      return Promise.all([first, ...rest])
-    })
+    const outcomes = await withWriter(s.store, 1000, (append) =>
+      behindFirstCommit(s, append, () => [
+        append(1, "b0"),
+        append(0, "a1"),
+        append(2, "c0"),
+        append(1, "b1"),
+        append(3, "d0"),
+      ]),
+    )
     expect(s.commits).toHaveLength(2)
     expect(s.commits[0]).toEqual([0])
     expect([...(s.commits[1] ?? [])].sort()).toEqual([0, 1, 2, 3])
@@ -111,15 +130,9 @@ describe("depot writer", () => {
 
   it("a refused combined commit is retried one partition at a time: only the failing partition's appends fail", async () => {
     const s = recordingStore({ appendAll: true, failAll: true, fenced: 2 })
-    const outcomes = await withWriter(s.store, 1000, async (append) => {
-      s.hold()
-      const first = append(0, "a0")
-      await tick()
-      const rest = [append(1, "b0"), append(2, "c0"), append(3, "d0")]
-      await tick()
-      s.release()
-      return Promise.all([first, ...rest])
-    })
+    const outcomes = await withWriter(s.store, 1000, (append) =>
+      behindFirstCommit(s, append, () => [append(1, "b0"), append(2, "c0"), append(3, "d0")]),
+    )
     expect(outcomes.map((o) => o._tag)).toEqual(["Appended", "Appended", "StoreError", "Appended"])
     expect((outcomes[2] as StoreError).code).toBe("FENCED")
     // The combined try, then each of its three partitions alone.
@@ -128,45 +141,39 @@ describe("depot writer", () => {
 
   it("with a full batch's worth waiting, a second commit runs beside the one in flight", async () => {
     const s = recordingStore({ appendAll: true })
-    await withWriter(s.store, 10, async (append) => {
-      s.hold()
-      const first = append(0, "a0")
-      await tick()
-      const rest = Array.from({ length: 25 }, (_, i) => append(1, `b${i}`))
-      await tick()
-      expect(s.maxInFlight()).toBe(2)
-      s.release()
-      await Promise.all([first, ...rest])
-    })
+    await withWriter(s.store, 10, (append) =>
+      behindFirstCommit(
+        s,
+        append,
+        () => Array.from({ length: 25 }, (_, i) => append(1, `b${i}`)),
+        () => expect(s.maxInFlight()).toBe(2),
+      ),
+    )
     expect(s.commits.every((c) => c.length === 1)).toBe(true)
   })
 
   it("a small batch waits for the commit in flight instead of starting its own", async () => {
     const s = recordingStore({ appendAll: true })
-    await withWriter(s.store, 10, async (append) => {
-      s.hold()
-      const first = append(0, "a0")
-      await tick()
-      const rest = [append(1, "b0"), append(2, "c0")]
-      await tick()
-      expect(s.maxInFlight()).toBe(1)
-      s.release()
-      await Promise.all([first, ...rest])
-    })
+    await withWriter(s.store, 10, (append) =>
+      behindFirstCommit(
+        s,
+        append,
+        () => [append(1, "b0"), append(2, "c0")],
+        () => expect(s.maxInFlight()).toBe(1),
+      ),
+    )
   })
 
   it("without appendAll each partition has its own writer, committing beside the others", async () => {
     const s = recordingStore({ appendAll: false })
-    const outcomes = await withWriter(s.store, 1000, async (append) => {
-      s.hold()
-      const first = append(0, "a0")
-      await tick()
-      const second = append(1, "b0")
-      await tick()
-      expect(s.maxInFlight()).toBe(2)
-      s.release()
-      return Promise.all([first, second])
-    })
+    const outcomes = await withWriter(s.store, 1000, (append) =>
+      behindFirstCommit(
+        s,
+        append,
+        () => [append(1, "b0")],
+        () => expect(s.maxInFlight()).toBe(2),
+      ),
+    )
     expect(outcomes.map(offsetOf)).toEqual([0, 0])
     expect(s.commits).toEqual([[0], [1]])
   })
