@@ -4,7 +4,9 @@
  * in the same run on the same broker and database:
  *   (a) amqplib RPC with direct reply-to, no work;
  *   (b) the same RPC server doing a group-commit multi-row insert into MariaDB before replying;
- *   (c) publishing with confirms to a durable classic queue (for `none`).
+ *   (c) publishing with confirms to a durable classic queue (for `none`);
+ *   (d) the same, with a consumer process that acks every message: not a
+ *       target's baseline, but what the broker alone costs BEDS's `none`.
  * Servers run as their own processes, as the engine does. Every contender
  * first makes WARM_UP calls that are not measured; then the contenders take
  * turns over several rounds, and each ratio is BEDS over its baseline within
@@ -176,13 +178,19 @@ export interface AmqpResult {
   readonly echo: Rate
   readonly insert: Rate
   readonly confirms: Rate
+  readonly consumed: Rate
   readonly beds: { none: Rate; append: Rate; full: Rate; fullHalf: Rate }
   /** Per round, BEDS over its baseline of the same round. */
-  readonly ratios: { none: ReadonlyArray<number>; append: ReadonlyArray<number>; full: ReadonlyArray<number> }
+  readonly ratios: {
+    none: ReadonlyArray<number>
+    noneOfConsumed: ReadonlyArray<number>
+    append: ReadonlyArray<number>
+    full: ReadonlyArray<number>
+  }
   readonly engineRssMb: number
 }
 
-type Contender = "echo" | "insert" | "confirms" | "none" | "append" | "full"
+type Contender = "echo" | "insert" | "confirms" | "consumed" | "none" | "append" | "full"
 
 /** A contender's calls of every round: rate over all of them, latency percentiles over all of them. */
 const pooled = (
@@ -231,6 +239,20 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
         ),
       )
 
+    // (d) the same into a queue a consumer process drains
+    const sink = `bench.sink.${process.pid}`
+    servers.push(await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), "sink", sink]))
+    closers.unshift(() => confirmChannel.deleteQueue(sink))
+    const consumed = (i: number) =>
+      new Promise<void>((resolve, reject) =>
+        confirmChannel.sendToQueue(
+          sink,
+          Buffer.from(JSON.stringify({ amount: i })),
+          { persistent: true, messageId: randomUUID() },
+          (err) => (err ? reject(err) : resolve()),
+        ),
+      )
+
     // BEDS: an engine process on RabbitMQ + MariaDB.
     const admin = await mariadb.createConnection({ host: "127.0.0.1", user: "root" })
     await admin.query("DROP DATABASE IF EXISTS beds_bench_amqp")
@@ -253,12 +275,13 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
         .then(() => undefined)
     // `none` is answered by RabbitMQ's confirm, before the engine has taken the commands: wait
     // until it has, so that its work does not fall into the next contender's time.
-    const queuesDrained = async () => {
+    const engineQueues = Array.from({ length: 4 }, (_, p) => `beds.cmd.accounts.${p}`)
+    const queuesDrained = async (queues: ReadonlyArray<string> = engineQueues) => {
       const ch = await conn.createChannel()
       try {
         for (let i = 0; i < 600; i++) {
           let waiting = 0
-          for (let p = 0; p < 4; p++) waiting += (await ch.checkQueue(`beds.cmd.accounts.${p}`)).messageCount
+          for (const queue of queues) waiting += (await ch.checkQueue(queue)).messageCount
           if (waiting === 0) break
           await new Promise((r) => setTimeout(r, 100))
         }
@@ -273,6 +296,7 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       echo,
       insert,
       confirms,
+      consumed,
       none: beds("none"),
       append: beds("append"),
       full: beds("full"),
@@ -281,11 +305,12 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       echo: "RPC echo",
       insert: "RPC insert",
       confirms: "publish + confirm",
+      consumed: "publish + confirm + consume",
       none: "BEDS none",
       append: "BEDS append",
       full: "BEDS full",
     }
-    const order: ReadonlyArray<Contender> = ["echo", "insert", "confirms", "none", "append", "full"]
+    const order: ReadonlyArray<Contender> = ["echo", "insert", "confirms", "consumed", "none", "append", "full"]
     const per = Math.max(1, Math.floor(n / rounds))
     for (const c of order) await warm(calls[c], inFlight)
     await queuesDrained()
@@ -295,7 +320,9 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
         // Each (c) run starts from an empty queue, as the first one does.
         if (c === "confirms") await confirmChannel.purgeQueue(q)
         runs[c].push(await drive(`${labels[c]} (round ${r + 1}/${rounds})`, per, inFlight, calls[c]))
+        // Confirmed is not yet consumed: the consumers finish before the next contender starts.
         if (c === "none") await queuesDrained()
+        if (c === "consumed") await queuesDrained([sink])
       }
     const full = pooled(runs.full)
     await queuesDrained()
@@ -307,8 +334,14 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       echo: pooled(runs.echo),
       insert: pooled(runs.insert),
       confirms: pooled(runs.confirms),
+      consumed: pooled(runs.consumed),
       beds: { none: pooled(runs.none), append: pooled(runs.append), full, fullHalf },
-      ratios: { none: ratio("none", "confirms"), append: ratio("append", "insert"), full: ratio("full", "insert") },
+      ratios: {
+        none: ratio("none", "confirms"),
+        noneOfConsumed: ratio("none", "consumed"),
+        append: ratio("append", "insert"),
+        full: ratio("full", "insert"),
+      },
       engineRssMb: peakRss(engine.pid),
     }
   } finally {
@@ -332,7 +365,11 @@ export const printAmqp = (r: AmqpResult) => {
   row("(a) raw RPC, direct reply-to, no work", r.echo)
   row("(b) raw RPC + group-commit INSERT", r.insert)
   row("(c) raw publish with confirms", r.confirms)
+  row("(d) raw publish with confirms, a consumer acks", r.consumed)
   row("BEDS none", r.beds.none, { ratios: r.ratios.none, target: "of (c), target >= 80 %" })
+  console.log(
+    `  ${"".padEnd(44)}${pct(median(r.ratios.noneOfConsumed)).padStart(9)} of (d); rounds ${r.ratios.noneOfConsumed.map(pct).join(", ")}`,
+  )
   row("BEDS append", r.beds.append, { ratios: r.ratios.append, target: "of (b), target >= 70 %" })
   row("BEDS full", r.beds.full, { ratios: r.ratios.full, target: "of (b), target >= 50 %" })
   row("BEDS full at half its peak rate", r.beds.fullHalf)

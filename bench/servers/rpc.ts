@@ -3,7 +3,10 @@
  *   echo   — reply at once (what RabbitMQ + amqplib cost per round trip);
  *   insert — group-commit a multi-row INSERT into MariaDB, flushing as soon
  *            as the writer is idle, then reply (a hand-written minimal
- *            durable RPC server: what BEDS's `append` is compared with).
+ *            durable RPC server: what BEDS's `append` is compared with);
+ *   sink   — consume a durable queue and ack every message, no reply (what
+ *            RabbitMQ costs to deliver and forget what was published with
+ *            confirms: the broker's share of BEDS's `none`).
  * Prints "ready" once consuming.
  */
 import * as amqp from "amqplib"
@@ -13,7 +16,7 @@ const mode = process.argv[2] ?? "echo"
 const queue = process.argv[3] ?? "bench.rpc"
 const conn = await amqp.connect("amqp://guest:guest@127.0.0.1:5672", { noDelay: true })
 const ch = await conn.createChannel()
-await ch.assertQueue(queue, { durable: false, autoDelete: true })
+await ch.assertQueue(queue, mode === "sink" ? { durable: true } : { durable: false, autoDelete: true })
 await ch.prefetch(1000)
 
 let pool: mariadb.Pool | undefined
@@ -58,6 +61,7 @@ const flush = async () => {
 
 await ch.consume(queue, (msg) => {
   if (msg === null) return
+  if (mode === "sink") return ch.ack(msg)
   if (mode === "echo") return reply(msg)
   pending.push({ msg, row: [msg.properties.messageId, msg.properties.headers?.key ?? "k", msg.content.toString()] })
   void flush()
