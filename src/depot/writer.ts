@@ -5,11 +5,12 @@
  * hundreds per transaction — no fixed timer to wait for.
  *
  * One writer fiber per partition, or, where the store can commit several
- * partitions at once (`appendAll`, the MariaDB store), one writer for all:
- * each of its commits carries the waiting batch of every partition, so a
- * busy engine pays one round trip and one log sync per round instead of one
- * per partition. Per-partition order holds either way: a partition's next
- * batch is taken only after its previous one was answered.
+ * partitions at once (`appendAll`, the MariaDB store), a pool of writers
+ * over all partitions: a commit carries the waiting batches of several
+ * partitions (up to batchMax appends), so an engine under moderate load pays
+ * one round trip and one log sync per round instead of one per partition.
+ * Per-partition order holds either way: a partition's next batch is taken
+ * only after its previous one was answered.
  *
  * The queue is a plain array of callbacks rather than Effect queues and
  * deferreds: this is the hottest path of the engine and each append should
