@@ -240,7 +240,6 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       readonly head: number | undefined
       readonly known: Map<string, number>
       readonly missing: ReadonlyArray<string>
-      readonly messageIds: ReadonlyArray<string>
       readonly lookup: boolean
     }
 
@@ -257,10 +256,7 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       const before = cache.get(slot)
       const known = new Map<string, number>()
       const missing: Array<string> = []
-      const messageIds: Array<string> = new Array(requests.length)
-      for (let i = 0; i < requests.length; i++) {
-        const r = requests[i] as AppendRequest
-        messageIds[i] = r.messageId
+      for (const r of requests) {
         if (known.has(r.key)) continue
         const v = before?.versions.get(r.key)
         if (v === undefined) missing.push(r.key)
@@ -268,7 +264,7 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       }
       // The head is taken now, before any await: a cache entry that moves
       // during the write must not mix with what this batch read.
-      return { depot, partition, requests, slot, before, head: before?.head, known, missing, messageIds, lookup }
+      return { depot, partition, requests, slot, before, head: before?.head, known, missing, lookup }
     }
 
     /**
@@ -286,7 +282,9 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       const answers = await Promise.all(
         corked(conn, () =>
           batches.flatMap((b) => [
-            b.lookup ? (conn.query(BY_MESSAGE_IDS, [b.depot, b.messageIds]) as Promise<Array<Row>>) : [],
+            b.lookup
+              ? (conn.query(BY_MESSAGE_IDS, [b.depot, b.requests.map((r) => r.messageId)]) as Promise<Array<Row>>)
+              : [],
             b.missing.length > 0
               ? (conn.query(VERSIONS, [b.depot, JSON.stringify(b.missing)]) as Promise<Array<Row>>)
               : undefined,

@@ -200,8 +200,9 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
      * partition failed, and why).
      */
     const commitTaken = (taken: ReadonlyArray<Taken>, appendAll: NonNullable<DepotStoreShape["appendAll"]>) => {
-      const together = taken.filter((t) => !needsParentCheck(t.batch))
-      const alone = taken.filter((t) => needsParentCheck(t.batch))
+      const together: Array<Taken> = []
+      const alone: Array<Taken> = []
+      for (const t of taken) (needsParentCheck(t.batch) ? alone : together).push(t)
       if (together.length === 1) alone.unshift(together.pop() as Taken)
       const eachAlone = (ts: ReadonlyArray<Taken>) =>
         Effect.forEach(ts, ({ p, batch }) => commit(p.depot, p.partition, batch), { discard: true })

@@ -6,6 +6,7 @@
 import { Context, Effect, Layer } from "effect"
 import * as mariadb from "mariadb"
 import { StoreError } from "../errors.ts"
+import { isCorkable, whileCorked } from "../internal/cork.ts"
 
 export interface MariaDbSettings {
   readonly host: string
@@ -42,16 +43,8 @@ export interface MariaDbShape {
  * driver without it just sends as before.
  */
 export const corked = <A>(conn: mariadb.PoolConnection, send: () => A): A => {
-  const socket = (conn as unknown as { __tests?: { getSocket?: () => unknown } }).__tests?.getSocket?.() as
-    | { cork?: () => void; uncork?: () => void }
-    | undefined
-  if (typeof socket?.cork !== "function" || typeof socket.uncork !== "function") return send()
-  socket.cork()
-  try {
-    return send()
-  } finally {
-    socket.uncork()
-  }
+  const socket = (conn as unknown as { __tests?: { getSocket?: () => unknown } }).__tests?.getSocket?.()
+  return isCorkable(socket) ? whileCorked(socket, send) : send()
 }
 
 export class MariaDb extends Context.Service<MariaDb, MariaDbShape>()("beds/MariaDb") {}

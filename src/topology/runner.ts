@@ -302,6 +302,24 @@ export const make = (
         // Set when the safety poll, not an append of this process, woke the stream: the store is asked.
         let polled = false
         let lastCommit = Number.NEGATIVE_INFINITY
+        /**
+         * Under load (a commit within the last few lingers), waits for a short live batch to fill:
+         * up to lingerMs, or lingerFullMs while a `full` reply waits on the partition. In short
+         * steps, so that a `full` reply that starts waiting meanwhile cuts a long linger short.
+         */
+        const linger = (limit: number) =>
+          Effect.gen(function* () {
+            if (lingerMs <= 0 || performance.now() - lastCommit >= lingerMs * 4) return
+            const started = performance.now()
+            while (true) {
+              const short = fromTail(depot.name, partition, next, limit)
+              if (short === undefined || short.length === 0 || short.length >= limit) return
+              const budget =
+                (progress.watched(depot.name, partition) ? lingerFullMs : lingerMs) - (performance.now() - started)
+              if (budget <= 0) return
+              yield* Effect.sleep(Duration.millis(Math.min(budget, lingerFullMs)))
+            }
+          })
         // A read of the next batch of history, started while the current one is folded.
         let ahead: { readonly from: number; readonly fiber: Fiber.Fiber<ReadonlyArray<Event>> } | undefined
 
@@ -338,18 +356,7 @@ export const make = (
               }
               return got
             })
-          if (lingerMs > 0 && stop === undefined && !polled && performance.now() - lastCommit < lingerMs * 4) {
-            // Short steps, so that a `full` reply that starts waiting meanwhile cuts a long linger short.
-            const started = performance.now()
-            while (true) {
-              const short = fromTail(depot.name, partition, next, limit)
-              if (short === undefined || short.length === 0 || short.length >= limit) break
-              const budget =
-                (progress.watched(depot.name, partition) ? lingerFullMs : lingerMs) - (performance.now() - started)
-              if (budget <= 0) break
-              yield* Effect.sleep(Duration.millis(Math.min(budget, lingerFullMs)))
-            }
-          }
+          if (stop === undefined && !polled) yield* linger(limit)
           let chunk: ReadonlyArray<Event> | undefined = polled
             ? undefined
             : fromTail(depot.name, partition, next, limit)

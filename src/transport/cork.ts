@@ -11,18 +11,13 @@
  * everything the pass writes into one vectored write, and messages still
  * leave in the same turn they would have left in.
  *
- * An earlier version corked on the first send of a turn and uncorked two
- * check phases later. Whether the pass ran inside that window depended on
- * the order of immediates, and about 40 % of writes under load missed it;
- * wrapping the pass itself cannot miss.
+ * The cork wraps the pass itself rather than a window of the event loop
+ * (cork at the first send of a turn, uncork a few check phases later):
+ * whether a pass falls inside such a window depends on the order of
+ * immediates, and under load many would not.
  */
 import type * as amqp from "amqplib"
-
-interface Corkable {
-  cork(): void
-  uncork(): void
-  readonly destroyed?: boolean
-}
+import { isCorkable, whileCorked } from "../internal/cork.ts"
 
 interface MuxLike {
   _readIncoming?: () => void
@@ -34,26 +29,12 @@ interface MuxLike {
  * expects (a newer amqplib): messages then flow as before, one write each.
  */
 export const coalesceWrites = (connection: amqp.ChannelModel): boolean => {
-  const inner = (connection as unknown as { connection?: { stream?: Partial<Corkable>; muxer?: MuxLike } }).connection
+  const inner = (connection as unknown as { connection?: { stream?: unknown; muxer?: MuxLike } }).connection
   const socket = inner?.stream
   const mux = inner?.muxer
   const pass = mux?._readIncoming
-  if (
-    mux === undefined ||
-    typeof pass !== "function" ||
-    typeof socket?.cork !== "function" ||
-    typeof socket.uncork !== "function"
-  )
-    return false
-  const s = socket as Corkable
+  if (mux === undefined || typeof pass !== "function" || !isCorkable(socket)) return false
   // An own property shadows the prototype's method for every caller: the scheduled pass and the drain handler.
-  mux._readIncoming = () => {
-    s.cork()
-    try {
-      pass.call(mux)
-    } finally {
-      if (!s.destroyed) s.uncork()
-    }
-  }
+  mux._readIncoming = () => whileCorked(socket, () => pass.call(mux))
   return true
 }
