@@ -4,8 +4,11 @@
  * in the same run on the same broker and database:
  *   (a) amqplib RPC with direct reply-to, no work;
  *   (b) the same RPC server doing a group-commit multi-row insert into MariaDB before replying;
- *   (c) publishing with confirms to a durable classic queue (for `none`);
- *   (d) the same, with a consumer process that acks every message: not a
+ *   (c) publishing with confirms to a durable classic queue (for `none`),
+ *       the message a client of the wire contract sends for a `none`
+ *       command: the broker's cost grows with the properties it handles;
+ *   (c0) the same with message_id alone, to show what the properties cost;
+ *   (d) (c) with a consumer process that acks every message: not a
  *       target's baseline, but what the broker alone costs BEDS's `none`.
  * Servers run as their own processes, as the engine does. Every contender
  * first makes WARM_UP calls that are not measured; then the contenders take
@@ -178,11 +181,13 @@ export interface AmqpResult {
   readonly echo: Rate
   readonly insert: Rate
   readonly confirms: Rate
+  readonly bare: Rate
   readonly consumed: Rate
   readonly beds: { none: Rate; append: Rate; full: Rate; fullHalf: Rate }
   /** Per round, BEDS over its baseline of the same round. */
   readonly ratios: {
     none: ReadonlyArray<number>
+    noneOfBare: ReadonlyArray<number>
     noneOfConsumed: ReadonlyArray<number>
     append: ReadonlyArray<number>
     full: ReadonlyArray<number>
@@ -190,7 +195,7 @@ export interface AmqpResult {
   readonly engineRssMb: number
 }
 
-type Contender = "echo" | "insert" | "confirms" | "consumed" | "none" | "append" | "full"
+type Contender = "echo" | "insert" | "confirms" | "bare" | "consumed" | "none" | "append" | "full"
 
 /** A contender's calls of every round: rate over all of them, latency percentiles over all of them. */
 const pooled = (
@@ -222,36 +227,38 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     const echo = await rpc("echo")
     const insert = await rpc("insert")
 
-    // (c) publish with confirms to a durable classic queue
+    // (c) publish with confirms to a durable classic queue: the message a client of the wire
+    // contract sends for a `none` command (type, content_type, the x-beds-ack header), so that
+    // the broker handles the same properties as under BEDS; (c0) with message_id alone.
     const conn = await amqp.connect(URL, { noDelay: true })
     closers.push(() => conn.close())
     const confirmChannel = await conn.createConfirmChannel()
     const q = `bench.confirm.${process.pid}`
     await confirmChannel.assertQueue(q, { durable: true })
     closers.unshift(() => confirmChannel.deleteQueue(q))
-    const confirms = (i: number) =>
+    const command: amqp.Options.Publish = {
+      persistent: true,
+      type: "Deposited",
+      contentType: "application/json",
+      headers: { "x-beds-ack": "none" },
+    }
+    const publishConfirmed = (queue: string, i: number, properties: amqp.Options.Publish) =>
       new Promise<void>((resolve, reject) =>
         confirmChannel.sendToQueue(
-          q,
-          Buffer.from(JSON.stringify({ amount: i })),
-          { persistent: true, messageId: randomUUID() },
+          queue,
+          Buffer.from(JSON.stringify({ amount: 1 + (i % 100) })),
+          { ...properties, messageId: randomUUID() },
           (err) => (err ? reject(err) : resolve()),
         ),
       )
+    const confirms = (i: number) => publishConfirmed(q, i, command)
+    const bare = (i: number) => publishConfirmed(q, i, { persistent: true })
 
-    // (d) the same into a queue a consumer process drains
+    // (d) the command's message into a queue a consumer process drains
     const sink = `bench.sink.${process.pid}`
     servers.push(await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), "sink", sink]))
     closers.unshift(() => confirmChannel.deleteQueue(sink))
-    const consumed = (i: number) =>
-      new Promise<void>((resolve, reject) =>
-        confirmChannel.sendToQueue(
-          sink,
-          Buffer.from(JSON.stringify({ amount: i })),
-          { persistent: true, messageId: randomUUID() },
-          (err) => (err ? reject(err) : resolve()),
-        ),
-      )
+    const consumed = (i: number) => publishConfirmed(sink, i, command)
 
     // BEDS: an engine process on RabbitMQ + MariaDB.
     const admin = await mariadb.createConnection({ host: "127.0.0.1", user: "root" })
@@ -296,6 +303,7 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       echo,
       insert,
       confirms,
+      bare,
       consumed,
       none: beds("none"),
       append: beds("append"),
@@ -305,12 +313,13 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       echo: "RPC echo",
       insert: "RPC insert",
       confirms: "publish + confirm",
+      bare: "publish + confirm, bare message",
       consumed: "publish + confirm + consume",
       none: "BEDS none",
       append: "BEDS append",
       full: "BEDS full",
     }
-    const order: ReadonlyArray<Contender> = ["echo", "insert", "confirms", "consumed", "none", "append", "full"]
+    const order: ReadonlyArray<Contender> = ["echo", "insert", "confirms", "bare", "consumed", "none", "append", "full"]
     const per = Math.max(1, Math.floor(n / rounds))
     for (const c of order) await warm(calls[c], inFlight)
     await queuesDrained()
@@ -318,7 +327,7 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     for (let r = 0; r < rounds; r++)
       for (const c of order) {
         // Each (c) run starts from an empty queue, as the first one does.
-        if (c === "confirms") await confirmChannel.purgeQueue(q)
+        if (c === "confirms" || c === "bare") await confirmChannel.purgeQueue(q)
         runs[c].push(await drive(`${labels[c]} (round ${r + 1}/${rounds})`, per, inFlight, calls[c]))
         // Confirmed is not yet consumed: the consumers finish before the next contender starts.
         if (c === "none") await queuesDrained()
@@ -334,10 +343,12 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       echo: pooled(runs.echo),
       insert: pooled(runs.insert),
       confirms: pooled(runs.confirms),
+      bare: pooled(runs.bare),
       consumed: pooled(runs.consumed),
       beds: { none: pooled(runs.none), append: pooled(runs.append), full, fullHalf },
       ratios: {
         none: ratio("none", "confirms"),
+        noneOfBare: ratio("none", "bare"),
         noneOfConsumed: ratio("none", "consumed"),
         append: ratio("append", "insert"),
         full: ratio("full", "insert"),
@@ -365,8 +376,12 @@ export const printAmqp = (r: AmqpResult) => {
   row("(a) raw RPC, direct reply-to, no work", r.echo)
   row("(b) raw RPC + group-commit INSERT", r.insert)
   row("(c) raw publish with confirms", r.confirms)
+  row("(c0) the same, message_id alone", r.bare)
   row("(d) raw publish with confirms, a consumer acks", r.consumed)
   row("BEDS none", r.beds.none, { ratios: r.ratios.none, target: "of (c), target >= 80 %" })
+  console.log(
+    `  ${"".padEnd(44)}${pct(median(r.ratios.noneOfBare)).padStart(9)} of (c0); rounds ${r.ratios.noneOfBare.map(pct).join(", ")}`,
+  )
   console.log(
     `  ${"".padEnd(44)}${pct(median(r.ratios.noneOfConsumed)).padStart(9)} of (d); rounds ${r.ratios.noneOfConsumed.map(pct).join(", ")}`,
   )
