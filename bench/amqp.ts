@@ -321,17 +321,26 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     }
     const order: ReadonlyArray<Contender> = ["echo", "insert", "confirms", "bare", "consumed", "none", "append", "full"]
     const per = Math.max(1, Math.floor(n / rounds))
-    for (const c of order) await warm(calls[c], inFlight)
-    await queuesDrained()
+    // What a contender leaves behind is cleared before the next one starts, so that none of it
+    // is done in another's time: (c)'s messages are purged (the broker then drops them from disk),
+    // and confirmed is not yet consumed, so the consumers of `none` and (d) finish.
+    const clear = async (c: Contender) => {
+      if (c === "confirms" || c === "bare") {
+        await confirmChannel.purgeQueue(q)
+        await new Promise((r) => setTimeout(r, 300))
+      }
+      if (c === "none") await queuesDrained()
+      if (c === "consumed") await queuesDrained([sink])
+    }
+    for (const c of order) {
+      await warm(calls[c], inFlight)
+      await clear(c)
+    }
     const runs = Object.fromEntries(order.map((c) => [c, [] as Array<Measured>])) as Record<Contender, Array<Measured>>
     for (let r = 0; r < rounds; r++)
       for (const c of order) {
-        // Each (c) run starts from an empty queue, as the first one does.
-        if (c === "confirms" || c === "bare") await confirmChannel.purgeQueue(q)
         runs[c].push(await drive(`${labels[c]} (round ${r + 1}/${rounds})`, per, inFlight, calls[c]))
-        // Confirmed is not yet consumed: the consumers finish before the next contender starts.
-        if (c === "none") await queuesDrained()
-        if (c === "consumed") await queuesDrained([sink])
+        await clear(c)
       }
     const full = pooled(runs.full)
     await queuesDrained()
