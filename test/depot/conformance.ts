@@ -227,9 +227,10 @@ export const depotStoreConformance = <E>(
 
   const readAll = (store: DepotStoreShape, depot: string, partition: number) => store.read(depot, partition, 0, 100_000)
 
+  const run = <A>(effect: Effect.Effect<A, StoreError>) => Effect.runPromise(effect)
+
   /** The store holds exactly the model's events: logs, heads, versions and message_ids. */
   const matchesModel = async (store: DepotStoreShape, d: string, events: ReadonlyArray<Event>) => {
-    const run = <A>(effect: Effect.Effect<A, StoreError>) => Effect.runPromise(effect)
     for (let p = 0; p < PROPERTY_PARTITIONS; p++) {
       const mine = events.filter((e) => e.partition === p)
       expect(await run(readAll(store, d, p))).toEqual(mine)
@@ -239,6 +240,45 @@ export const depotStoreConformance = <E>(
     for (let m = 0; m < 12; m++)
       expect(await run(store.byMessageId(d, `m${m}`))).toEqual(events.find((e) => e.messageId === `m${m}`))
   }
+
+  /** One generated batch made concrete against the model, and the outcomes the model gives it. */
+  type Step = { readonly requests: Array<AppendRequest>; readonly outcomes: Array<AppendOutcome> }
+
+  /**
+   * The model-based property: random runs of batches on a fresh depot, sent
+   * to the store by `play`, after which the store holds exactly the model's
+   * events. `step` folds one batch into the model (in the order `play`
+   * sends them) and gives its requests and expected outcomes.
+   */
+  const modelProperty = (
+    label: string,
+    play: (
+      store: DepotStoreShape,
+      d: string,
+      batches: ReadonlyArray<GenBatch>,
+      step: (batch: GenBatch) => Step,
+    ) => Promise<void>,
+  ) =>
+    Effect.gen(function* () {
+      const store = yield* instance
+      yield* Effect.promise(() =>
+        fc.assert(
+          fc.asyncProperty(genBatches, async (batches) => {
+            const d = freshName(label)
+            await run(store.open([declare(d)]))
+            let events: ReadonlyArray<Event> = []
+            let childSeq = 0
+            await play(store, d, batches, (batch) => {
+              const folded = foldBatch(d, events, batch, () => childSeq++)
+              events = folded.events
+              return folded
+            })
+            await matchesModel(store, d, events)
+          }),
+          { numRuns: capabilities.propertyRuns ?? 100 },
+        ),
+      )
+    })
 
   describe(`DepotStore conformance: ${name}`, () => {
     describe("offsets", () => {
@@ -680,26 +720,11 @@ export const depotStoreConformance = <E>(
     it.effect(
       "matches the model: random batches with duplicates, expectations and lineage",
       () =>
-        Effect.gen(function* () {
-          const store = yield* instance
-          const run = <A>(effect: Effect.Effect<A, StoreError>) => Effect.runPromise(effect)
-          yield* Effect.promise(() =>
-            fc.assert(
-              fc.asyncProperty(genBatches, async (batches) => {
-                const d = freshName("p")
-                await run(store.open([declare(d)]))
-                let events: ReadonlyArray<Event> = []
-                let childSeq = 0
-                for (const batch of batches) {
-                  const step = foldBatch(d, events, batch, () => childSeq++)
-                  events = step.events
-                  expect(await run(store.append(d, batch.partition, step.requests))).toEqual(step.outcomes)
-                }
-                await matchesModel(store, d, events)
-              }),
-              { numRuns: capabilities.propertyRuns ?? 100 },
-            ),
-          )
+        modelProperty("p", async (store, d, batches, step) => {
+          for (const batch of batches) {
+            const { requests, outcomes } = step(batch)
+            expect(await run(store.append(d, batch.partition, requests))).toEqual(outcomes)
+          }
         }),
       120_000,
     )
@@ -765,47 +790,24 @@ export const depotStoreConformance = <E>(
     it.effect.runIf(capabilities.appendAll === true)(
       "appendAll matches the model or appends nothing: random runs of batches of distinct partitions",
       () =>
-        Effect.gen(function* () {
-          const store = yield* instance
+        modelProperty("pa", async (store, d, batches, step) => {
           const appendAll = appendAllOf(store)
-          const run = <A>(effect: Effect.Effect<A, StoreError>) => Effect.runPromise(effect)
-          yield* Effect.promise(() =>
-            fc.assert(
-              fc.asyncProperty(genBatches, async (batches) => {
-                const d = freshName("pa")
-                await run(store.open([declare(d)]))
-                let events: ReadonlyArray<Event> = []
-                let childSeq = 0
-                // Consecutive batches of distinct partitions go to appendAll together.
-                const runs: Array<Array<GenBatch>> = []
-                for (const batch of batches) {
-                  const last = runs[runs.length - 1]
-                  if (last !== undefined && !last.some((b) => b.partition === batch.partition)) last.push(batch)
-                  else runs.push([batch])
-                }
-                for (const group of runs) {
-                  const concrete: Array<{ partition: number; requests: Array<AppendRequest> }> = []
-                  const expected: Array<Array<AppendOutcome>> = []
-                  for (const batch of group) {
-                    const step = foldBatch(d, events, batch, () => childSeq++)
-                    events = step.events
-                    concrete.push({ partition: batch.partition, requests: step.requests })
-                    expected.push(step.outcomes)
-                  }
-                  const together = await run(Effect.result(appendAll(concrete.map((c) => ({ depot: d, ...c })))))
-                  if (together._tag === "Success") expect(together.success).toEqual(expected)
-                  // Refused: nothing of it may have landed, so each batch alone gives the model's outcomes.
-                  else
-                    for (let i = 0; i < concrete.length; i++) {
-                      const c = concrete[i] as (typeof concrete)[number]
-                      expect(await run(store.append(d, c.partition, c.requests))).toEqual(expected[i])
-                    }
-                }
-                await matchesModel(store, d, events)
-              }),
-              { numRuns: capabilities.propertyRuns ?? 100 },
-            ),
-          )
+          // Consecutive batches of distinct partitions go to appendAll together.
+          const runs: Array<Array<GenBatch>> = []
+          for (const batch of batches) {
+            const last = runs[runs.length - 1]
+            if (last !== undefined && !last.some((b) => b.partition === batch.partition)) last.push(batch)
+            else runs.push([batch])
+          }
+          for (const group of runs) {
+            const steps = group.map((batch) => ({ partition: batch.partition, ...step(batch) }))
+            const together = await run(
+              Effect.result(appendAll(steps.map((c) => ({ depot: d, partition: c.partition, requests: c.requests })))),
+            )
+            if (together._tag === "Success") expect(together.success).toEqual(steps.map((c) => c.outcomes))
+            // Refused: nothing of it may have landed, so each batch alone gives the model's outcomes.
+            else for (const c of steps) expect(await run(store.append(d, c.partition, c.requests))).toEqual(c.outcomes)
+          }
         }),
       120_000,
     )
