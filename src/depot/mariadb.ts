@@ -346,7 +346,6 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       lookup: boolean,
     ): Effect.Effect<Written["outcomes"], StoreError> => {
       const batch = prepare(depot, partition, requests, lookup)
-      const head = batch.head
       return db
         .withConnection(`Appending to ${depot}/${partition}`, (conn) => write(conn, [batch]))
         .pipe(
@@ -355,7 +354,6 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
             return (w as Written).outcomes
           }),
           Effect.catch((error) => {
-            const slot = batch.slot
             const dup = error.cause instanceof DuplicateKey ? error.cause : undefined
             if (dup?.index === "message") {
               // Another partition committed one of these message_ids after this batch looked:
@@ -382,12 +380,12 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
                   cause: error,
                 }),
               )
-            cache.delete(slot)
+            cache.delete(batch.slot)
             if (dup?.index === "log")
               return Effect.fail(
                 new StoreError({
                   code: "FENCED",
-                  message: `Appending to ${depot}/${partition}: offset ${head ?? "?"} onwards was written by another writer since this one last appended (${dup.message}). This writer is stale; stop it and let the partition's owner append.`,
+                  message: `Appending to ${depot}/${partition}: offset ${batch.head ?? "?"} onwards was written by another writer since this one last appended (${dup.message}). This writer is stale; stop it and let the partition's owner append.`,
                   retryable: false,
                   cause: error,
                 }),
@@ -414,28 +412,18 @@ export const make = (options: Options = {}): Effect.Effect<DepotStoreShape, neve
       if (before === undefined) cache.set(slot, entry)
     }
 
+    /**
+     * Whether the first try looks up message_ids: a repeat whose expect
+     * fails is never inserted, so the unique key would not catch it.
+     */
+    const lookUpFirst = (requests: ReadonlyArray<AppendRequest>) => requests.some((r) => r.expect !== undefined)
+
     const append: DepotStoreShape["append"] = (depot, partition, requests) =>
-      requests.length === 0
-        ? Effect.succeed([])
-        : attempt(
-            depot,
-            partition,
-            requests,
-            1,
-            // A repeat whose expect fails is never inserted, so the key would not catch it.
-            requests.some((r) => r.expect !== undefined),
-          )
+      requests.length === 0 ? Effect.succeed([]) : attempt(depot, partition, requests, 1, lookUpFirst(requests))
 
     // Each batch as `append` would take it; a failure of any fails all, and the writer then appends each alone.
     const appendAll: NonNullable<DepotStoreShape["appendAll"]> = (batches) => {
-      const prepared = batches.map((b) =>
-        prepare(
-          b.depot,
-          b.partition,
-          b.requests,
-          b.requests.some((r) => r.expect !== undefined),
-        ),
-      )
+      const prepared = batches.map((b) => prepare(b.depot, b.partition, b.requests, lookUpFirst(b.requests)))
       return db
         .withConnection(`Appending to ${batches.map((b) => `${b.depot}/${b.partition}`).join(", ")}`, (conn) =>
           write(conn, prepared),
