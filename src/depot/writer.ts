@@ -230,24 +230,28 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
       return Effect.andThen(combined, eachAlone(alone))
     }
 
-    for (const depot of depots)
-      for (let partition = 0; partition < depot.partitions; partition++)
-        partitions.set(`${depot.name}/${partition}`, {
-          depot: depot.name,
-          partition,
-          pending: [],
-          blocked: [],
-          wake: undefined,
-        })
-    const all = [...partitions.values()]
-    const appendAll = store.appendAll
-    if (appendAll !== undefined && all.length > 1) {
-      // A pool of committers, as many as partitions. A committer takes the waiting batches of
-      // partitions no other commit holds, up to batchMax appends in all. While a commit is in
-      // flight another starts only with a full batch's worth waiting: light load makes one commit
-      // of many partitions' small batches at a time, heavy load one commit per partition, in parallel.
+    /** A partition's own committer: its waiting appends go out together once its previous commit is answered. */
+    const committerOf = (p: Partition) =>
+      Effect.forever(
+        Effect.andThen(
+          nonEmpty(p),
+          Effect.suspend(() => commit(p.depot, p.partition, take(p))),
+        ),
+      )
+
+    /**
+     * A pool of committers shared by all partitions: the loop returned is
+     * one committer, to be started as many times as there are partitions,
+     * and all of them share this pool's state. A committer takes the waiting
+     * batches of partitions no other commit holds, up to batchMax appends in
+     * all. While a commit is in
+     * flight another starts only with a full batch's worth waiting: light
+     * load makes one commit of many partitions' small batches at a time,
+     * heavy load one commit per partition, in parallel.
+     */
+    const committerPool = (all: ReadonlyArray<Partition>, appendAll: NonNullable<DepotStoreShape["appendAll"]>) => {
       const busy = new Set<Partition>()
-      let rounds = 0
+      let committing = 0
       const idle: Array<() => void> = []
       let woken = false
       const signal = () => {
@@ -260,7 +264,7 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
       const ready = () => {
         let waiting = 0
         for (const p of all) if (!busy.has(p)) waiting += p.pending.length
-        return waiting > 0 && (rounds === 0 || waiting >= options.batchMax)
+        return waiting > 0 && (committing === 0 || waiting >= options.batchMax)
       }
       for (const p of all) p.wake = () => busy.has(p) || !ready() || signal()
       const waitReady = Effect.callback<void>((resume) => {
@@ -287,33 +291,35 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
         }
         cursor = (cursor + 1) % all.length
         if (taken.length === 0) return Effect.void
-        rounds++
+        committing++
         // Another committer may take what is left over.
         if (ready()) signal()
         return commitTaken(taken, appendAll).pipe(
           Effect.ensuring(
             Effect.sync(() => {
-              rounds--
+              committing--
               for (const t of taken) busy.delete(t.p)
               if (ready()) signal()
             }),
           ),
         )
       })
-      for (let i = 0; i < all.length; i++)
-        fibers.push(yield* Effect.forkDetach(Effect.forever(Effect.andThen(waitReady, round))))
-    } else
-      for (const p of all)
-        fibers.push(
-          yield* Effect.forkDetach(
-            Effect.forever(
-              Effect.andThen(
-                nonEmpty(p),
-                Effect.suspend(() => commit(p.depot, p.partition, take(p))),
-              ),
-            ),
-          ),
-        )
+      return Effect.forever(Effect.andThen(waitReady, round))
+    }
+
+    for (const depot of depots)
+      for (let partition = 0; partition < depot.partitions; partition++)
+        partitions.set(`${depot.name}/${partition}`, {
+          depot: depot.name,
+          partition,
+          pending: [],
+          blocked: [],
+          wake: undefined,
+        })
+    const all = [...partitions.values()]
+    const appendAll = store.appendAll
+    const pooled = appendAll !== undefined && all.length > 1 ? committerPool(all, appendAll) : undefined
+    for (const p of all) fibers.push(yield* Effect.forkDetach(pooled ?? committerOf(p)))
     yield* Effect.addFinalizer(() => Effect.forEach(fibers, Fiber.interrupt, { discard: true }))
 
     const appendWith: DepotWriterShape["appendWith"] = (depot, partition, request, done) => {
