@@ -13,7 +13,8 @@
  * Servers run as their own processes, as the engine does. Every contender
  * first makes WARM_UP calls that are not measured; then the contenders take
  * turns over several rounds, and each ratio is BEDS over its baseline within
- * one round.
+ * one round; each round ends with `full` paced at half the rate it reached in
+ * that round, whose p99 is set against (b)'s of the round.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
@@ -65,6 +66,9 @@ const peakRss = (pid: number | undefined): number => {
     return Number.NaN
   }
 }
+
+/** Seconds of each round's paced run of `full` at half its peak. */
+const HALF_PEAK_S = 6
 
 /** Calls made, unmeasured, before the measured rounds: every contender starts warm (JIT, pools, caches). */
 const WARM_UP = 5_000
@@ -183,7 +187,8 @@ export interface AmqpResult {
   readonly confirms: Rate
   readonly bare: Rate
   readonly consumed: Rate
-  readonly beds: { none: Rate; append: Rate; full: Rate; fullHalf: Rate }
+  /** `fullHalf`: one paced run per round, at half the rate `full` reached in that round. */
+  readonly beds: { none: Rate; append: Rate; full: Rate; fullHalf: ReadonlyArray<Rate> }
   /** Per round, BEDS over its baseline of the same round. */
   readonly ratios: {
     none: ReadonlyArray<number>
@@ -191,6 +196,8 @@ export interface AmqpResult {
     noneOfConsumed: ReadonlyArray<number>
     append: ReadonlyArray<number>
     full: ReadonlyArray<number>
+    /** p99 of `full` at half peak over the p99 of (b), in the same round. */
+    fullHalfP99: ReadonlyArray<number>
   }
   readonly engineRssMb: number
 }
@@ -337,14 +344,19 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       await clear(c)
     }
     const runs = Object.fromEntries(order.map((c) => [c, [] as Array<Measured>])) as Record<Contender, Array<Measured>>
-    for (let r = 0; r < rounds; r++)
+    // `full` at half the peak it reached in the same round, so that its p99 meets (b)'s of that
+    // round: a stall of the disk (hundreds of ms, now and then, on this kind of machine) then
+    // sets one round's p99, not the verdict.
+    const halves: Array<Rate> = []
+    for (let r = 0; r < rounds; r++) {
       for (const c of order) {
         runs[c].push(await drive(`${labels[c]} (round ${r + 1}/${rounds})`, per, inFlight, calls[c]))
         await clear(c)
       }
+      const peak = (runs.full[r] as Measured).perSec
+      halves.push(await paced(`BEDS full at half peak (round ${r + 1}/${rounds})`, peak / 2, HALF_PEAK_S, calls.full))
+    }
     const full = pooled(runs.full)
-    await queuesDrained()
-    const fullHalf = await paced("BEDS full at half peak", full.perSec / 2, 8, calls.full)
     const ratio = (x: Contender, base: Contender) =>
       runs[x].map((m, i) => m.perSec / (runs[base][i] as Measured).perSec)
     return {
@@ -354,13 +366,14 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       confirms: pooled(runs.confirms),
       bare: pooled(runs.bare),
       consumed: pooled(runs.consumed),
-      beds: { none: pooled(runs.none), append: pooled(runs.append), full, fullHalf },
+      beds: { none: pooled(runs.none), append: pooled(runs.append), full, fullHalf: halves },
       ratios: {
         none: ratio("none", "confirms"),
         noneOfBare: ratio("none", "bare"),
         noneOfConsumed: ratio("none", "consumed"),
         append: ratio("append", "insert"),
         full: ratio("full", "insert"),
+        fullHalfP99: halves.map((h, i) => h.p99 / (runs.insert[i] as Measured).p99),
       },
       engineRssMb: peakRss(engine.pid),
     }
@@ -396,8 +409,10 @@ export const printAmqp = (r: AmqpResult) => {
   )
   row("BEDS append", r.beds.append, { ratios: r.ratios.append, target: "of (b), target >= 70 %" })
   row("BEDS full", r.beds.full, { ratios: r.ratios.full, target: "of (b), target >= 50 %" })
-  row("BEDS full at half its peak rate", r.beds.fullHalf)
+  for (const [i, h] of r.beds.fullHalf.entries()) row(`BEDS full at half its peak rate (round ${i + 1})`, h)
+  const times = (x: number) => `${fmt(x, 2)}x`
   console.log(
-    `  p99 of full at half peak / p99 of (b): ${fmt(r.beds.fullHalf.p99 / r.insert.p99, 2)} (target <= 2); engine peak RSS ${fmt(r.engineRssMb)} MB`,
+    `  p99 of full at half peak / p99 of (b): ${times(median(r.ratios.fullHalfP99))} (target <= 2x); rounds ${r.ratios.fullHalfP99.map(times).join(", ")}`,
   )
+  console.log(`  engine peak RSS ${fmt(r.engineRssMb)} MB`)
 }
