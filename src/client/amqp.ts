@@ -81,6 +81,19 @@ interface Pending {
   readonly timer: ReturnType<typeof setTimeout>
 }
 
+/** A command validated and encoded by `publish`, on its way to a session. */
+interface Outgoing {
+  readonly depot: string
+  readonly type: string
+  readonly key: string
+  readonly body: Buffer
+  readonly options: PublishOptions
+  readonly messageId: string
+}
+
+const unavailable = (messageId: string, message: string) =>
+  new PublishFailed({ code: "UNAVAILABLE", message, messageId })
+
 const knownCode = (code: unknown): ErrorCode =>
   typeof code === "string" && (ErrorCodes as ReadonlyArray<string>).includes(code) ? (code as ErrorCode) : "INTERNAL"
 
@@ -98,6 +111,10 @@ class Client implements AmqpClient {
   private current: { readonly promise: Promise<Session>; session?: Session } | undefined
   private readonly pending = new Map<string, Pending>()
   private readonly depots = new Map<string, Promise<void>>()
+  /** Depots whose check succeeded on the open session: a publish to them needs no await. */
+  private readonly checked = new Set<string>()
+  /** Publishes between their call and their send, still awaiting the session or a depot check. */
+  private entering = 0
   private closed = false
 
   private readonly options: AmqpClientOptions
@@ -164,6 +181,7 @@ class Client implements AmqpClient {
     if (session.lost) return
     session.lost = true
     if (this.current?.session === session) this.current = undefined
+    this.checked.clear()
     const text = reason?.message ?? "the connection to RabbitMQ closed"
     // A publish to an exchange that does not exist closes the channel with 404.
     const missing = /no exchange '([^']+)'/.exec(text)?.[1]
@@ -264,7 +282,7 @@ class Client implements AmqpClient {
     return check
   }
 
-  publish = async (
+  publish = (
     depot: string,
     type: string,
     key: string,
@@ -273,49 +291,76 @@ class Client implements AmqpClient {
     signal?: AbortSignal,
   ): Promise<ReplyOk | Confirmed> => {
     const messageId = options.id ?? randomUUID()
-    const unavailable = (message: string) => new PublishFailed({ code: "UNAVAILABLE", message, messageId })
-    if (this.closed) throw unavailable("The client is closed.")
+    if (this.closed) return Promise.reject(unavailable(messageId, "The client is closed."))
     // AMQP short strings hold 255 bytes; the engine's own limits say the same in characters.
     if (Buffer.byteLength(messageId) > 255)
-      throw new PublishRejected({
-        code: "MISSING_MESSAGE_ID",
-        message: `The id is ${Buffer.byteLength(messageId)} bytes long: use at most 255.`,
-      })
+      return Promise.reject(
+        new PublishRejected({
+          code: "MISSING_MESSAGE_ID",
+          message: `The id is ${Buffer.byteLength(messageId)} bytes long: use at most 255.`,
+        }),
+      )
     if (Buffer.byteLength(key) > 255)
-      throw new PublishRejected({
-        code: "MISSING_KEY",
-        message: `The key is ${Buffer.byteLength(key)} bytes long: use at most 255.`,
-      })
+      return Promise.reject(
+        new PublishRejected({
+          code: "MISSING_KEY",
+          message: `The key is ${Buffer.byteLength(key)} bytes long: use at most 255.`,
+        }),
+      )
     let body: Buffer
     try {
       body = Buffer.from(JSON.stringify(payload) ?? "null")
     } catch (e) {
-      throw new PublishRejected({
-        code: "BAD_JSON",
-        message: `The payload cannot be sent as JSON: ${(e as Error).message}.`,
-      })
+      return Promise.reject(
+        new PublishRejected({
+          code: "BAD_JSON",
+          message: `The payload cannot be sent as JSON: ${(e as Error).message}.`,
+        }),
+      )
     }
+    const command: Outgoing = { depot, type, key, body, options, messageId }
+    // Publishes leave in call order. A publish sends at once only when the session is open, its
+    // depot checked and no earlier publish is still on its way; otherwise it awaits the same
+    // promises, in the same order, as those before it.
+    const session = this.current?.session
+    if (session !== undefined && !session.lost && this.entering === 0 && this.checked.has(depot))
+      return this.send(session, command, signal)
+    return this.sendWhenReady(command, signal)
+  }
+
+  private async sendWhenReady(command: Outgoing, signal: AbortSignal | undefined): Promise<ReplyOk | Confirmed> {
+    const { depot, messageId } = command
+    let session: Session
+    this.entering++
+    try {
+      try {
+        session = await this.session()
+      } catch (e) {
+        throw unavailable(messageId, `Cannot connect to RabbitMQ: ${(e as Error).message}`)
+      }
+      try {
+        await this.depotExists(session, depot)
+      } catch (e) {
+        if (e instanceof PublishRejected) throw e
+        throw unavailable(messageId, `Cannot check depot "${depot}" on RabbitMQ: ${(e as Error).message}`)
+      }
+      if (!session.lost) this.checked.add(depot)
+    } finally {
+      this.entering--
+    }
+    return this.send(session, command, signal)
+  }
+
+  /** Sends a command on an open session and waits for its reply (or, at `none`, the broker's confirm). */
+  private send(session: Session, command: Outgoing, signal: AbortSignal | undefined): Promise<ReplyOk | Confirmed> {
+    const { depot, type, key, body, options, messageId } = command
+    if (session.lost)
+      return Promise.reject(unavailable(messageId, "Lost the connection to RabbitMQ; retry with the same id."))
+    if (signal?.aborted) return Promise.reject(unavailable(messageId, "Interrupted before publishing."))
     const ack = options.ack ?? "append"
     const headers: Record<string, unknown> = { [Topology.CommandHeaders.ack]: ack }
     if (options.expect !== undefined) headers[Topology.CommandHeaders.expect] = options.expect
     if (options.parent !== undefined) headers[Topology.CommandHeaders.parent] = options.parent
-
-    // Every call awaits the same promises in the same order, so publishes leave in call order.
-    let session: Session
-    try {
-      session = await this.session()
-    } catch (e) {
-      throw unavailable(`Cannot connect to RabbitMQ: ${(e as Error).message}`)
-    }
-    try {
-      await this.depotExists(session, depot)
-    } catch (e) {
-      if (e instanceof PublishRejected) throw e
-      throw unavailable(`Cannot check depot "${depot}" on RabbitMQ: ${(e as Error).message}`)
-    }
-    if (session.lost) throw unavailable("Lost the connection to RabbitMQ; retry with the same id.")
-    if (signal?.aborted) throw unavailable("Interrupted before publishing.")
-
     const correlationId = `${this.id}.${++this.seq}`
     const timeoutMs = options.timeoutMs ?? this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS
     return new Promise<ReplyOk | Confirmed>((resolve, reject) => {
@@ -332,9 +377,13 @@ class Client implements AmqpClient {
         timeoutMs,
       )
       this.pending.set(correlationId, { session, depot, messageId, resolve, reject, timer })
-      signal?.addEventListener("abort", () => this.settle(correlationId, unavailable("Interrupted while waiting.")), {
-        once: true,
-      })
+      signal?.addEventListener(
+        "abort",
+        () => this.settle(correlationId, unavailable(messageId, "Interrupted while waiting.")),
+        {
+          once: true,
+        },
+      )
       const properties: amqp.Options.Publish = {
         messageId,
         correlationId,
@@ -355,12 +404,15 @@ class Client implements AmqpClient {
               correlationId,
               err === null || err === undefined
                 ? { ok: true, ack: "none", messageId }
-                : unavailable("RabbitMQ did not accept the command (negative confirm); retry with the same id."),
+                : unavailable(
+                    messageId,
+                    "RabbitMQ did not accept the command (negative confirm); retry with the same id.",
+                  ),
             ),
           )
         else session.rpc.publish(this.names.exchange(depot), key, body, { ...properties, replyTo: REPLY_TO })
       } catch (e) {
-        this.settle(correlationId, unavailable(`Publishing failed: ${(e as Error).message}`))
+        this.settle(correlationId, unavailable(messageId, `Publishing failed: ${(e as Error).message}`))
       }
     })
   }

@@ -227,6 +227,34 @@ describe.runIf(available)("AMQP transport", () => {
       await expect(client.publish("idle", "Opened", "k", { n: 1n })).rejects.toMatchObject({ code: "BAD_JSON" })
     })
 
+    it("publishes to a depot in call order, before, during and after the depot's first check", async () => {
+      const ch = await raw.createChannel()
+      await ch.purgeQueue(n.queue("idle", 0))
+      const fresh = await AmqpClient.connect(URL, { prefix })
+      try {
+        const sent: Array<Promise<unknown>> = []
+        const send = (i: number) => sent.push(fresh.publish("idle", "Opened", "k", { i }, { ack: "none" }))
+        // The first publishes wait for the check, later ones go out at once; calls made in
+        // between, at every kind of turn, must not overtake those still waiting.
+        for (let i = 0; i < 100; i++) {
+          send(i)
+          if (i % 7 === 3) await Promise.resolve()
+          if (i % 11 === 5) await new Promise((r) => setImmediate(r))
+          if (i % 13 === 8) await new Promise((r) => setTimeout(r, 1))
+        }
+        await Promise.all(sent)
+        const order: Array<number> = []
+        for (let m = await ch.get(n.queue("idle", 0), { noAck: true }); m !== false; ) {
+          order.push((JSON.parse(m.content.toString()) as { i: number }).i)
+          m = await ch.get(n.queue("idle", 0), { noAck: true })
+        }
+        expect(order).toEqual(Array.from({ length: 100 }, (_, i) => i))
+      } finally {
+        await fresh.close()
+        await ch.close()
+      }
+    })
+
     it("fails with UNAVAILABLE once closed", async () => {
       const other = await AmqpClient.connect(URL, { prefix })
       await other.close()
