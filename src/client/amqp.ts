@@ -290,38 +290,48 @@ class Client implements AmqpClient {
     options: PublishOptions = {},
     signal?: AbortSignal,
   ): Promise<ReplyOk | Confirmed> => {
+    // Whatever goes wrong, the caller gets a rejected promise, never a throw.
+    try {
+      return this.start(depot, type, key, payload, options, signal)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  private start(
+    depot: string,
+    type: string,
+    key: string,
+    payload: unknown,
+    options: PublishOptions,
+    signal: AbortSignal | undefined,
+  ): Promise<ReplyOk | Confirmed> {
     const messageId = options.id ?? randomUUID()
-    if (this.closed) return Promise.reject(unavailable(messageId, "The client is closed."))
+    if (this.closed) throw unavailable(messageId, "The client is closed.")
     // AMQP short strings hold 255 bytes; the engine's own limits say the same in characters.
     if (Buffer.byteLength(messageId) > 255)
-      return Promise.reject(
-        new PublishRejected({
-          code: "MISSING_MESSAGE_ID",
-          message: `The id is ${Buffer.byteLength(messageId)} bytes long: use at most 255.`,
-        }),
-      )
+      throw new PublishRejected({
+        code: "MISSING_MESSAGE_ID",
+        message: `The id is ${Buffer.byteLength(messageId)} bytes long: use at most 255.`,
+      })
     if (Buffer.byteLength(key) > 255)
-      return Promise.reject(
-        new PublishRejected({
-          code: "MISSING_KEY",
-          message: `The key is ${Buffer.byteLength(key)} bytes long: use at most 255.`,
-        }),
-      )
+      throw new PublishRejected({
+        code: "MISSING_KEY",
+        message: `The key is ${Buffer.byteLength(key)} bytes long: use at most 255.`,
+      })
     let body: Buffer
     try {
       body = Buffer.from(JSON.stringify(payload) ?? "null")
     } catch (e) {
-      return Promise.reject(
-        new PublishRejected({
-          code: "BAD_JSON",
-          message: `The payload cannot be sent as JSON: ${(e as Error).message}.`,
-        }),
-      )
+      throw new PublishRejected({
+        code: "BAD_JSON",
+        message: `The payload cannot be sent as JSON: ${(e as Error).message}.`,
+      })
     }
     const command: Outgoing = { depot, type, key, body, options, messageId }
-    // Publishes leave in call order. A publish sends at once only when the session is open, its
-    // depot checked and no earlier publish is still on its way; otherwise it awaits the same
-    // promises, in the same order, as those before it.
+    // Publishes to a depot leave in call order. One goes out at once only when the session is
+    // open, the depot checked and no earlier publish is still on its way; otherwise it awaits the
+    // same promises, in the same order, as those before it.
     const session = this.current?.session
     if (session !== undefined && !session.lost && this.entering === 0 && this.checked.has(depot))
       return this.send(session, command, signal)

@@ -255,6 +255,11 @@ describe.runIf(available)("AMQP transport", () => {
       }
     })
 
+    it("rejects, never throws, whatever it is given", async () => {
+      const wrong = client.publish("idle", "Opened", 5 as unknown as string, {})
+      await expect(wrong).rejects.toThrow()
+    })
+
     it("fails with UNAVAILABLE once closed", async () => {
       const other = await AmqpClient.connect(URL, { prefix })
       await other.close()
