@@ -18,6 +18,7 @@ import { checkTemplate, checkTemplates } from "../template/load.ts"
 import {
   checkKey,
   checkRow,
+  compareKeys,
   keyId,
   keyOf,
   LAST_EVENT_COLUMN,
@@ -49,26 +50,6 @@ interface Table {
 const failed = (message: string, cause?: unknown): StoreError =>
   new StoreError({ code: "STORE_FAILED", message, retryable: false, cause })
 
-/** Code-point order, which is utf8mb4_nopad_bin's byte order; UTF-16 order differs above U+D7FF. */
-const compareStrings = (a: string, b: string): number => {
-  const n = Math.min(a.length, b.length)
-  for (let i = 0; i < n; i++) {
-    let x = a.charCodeAt(i)
-    let y = b.charCodeAt(i)
-    if (x !== y) {
-      if (x >= 0xd800 && y >= 0xd800) {
-        x = x >= 0xe000 ? x - 0x800 : x + 0x2000
-        y = y >= 0xe000 ? y - 0x800 : y + 0x2000
-      }
-      return x - y
-    }
-  }
-  return a.length - b.length
-}
-
-const compareValues = (a: string | number, b: string | number): number =>
-  typeof a === "number" && typeof b === "number" ? a - b : compareStrings(String(a), String(b))
-
 /**
  * Stored rows are frozen once when written (checkRow already built them
  * fresh), so loads can hand them out without copying and no caller can
@@ -99,15 +80,6 @@ const freezeRow = (row: Row): Row => {
   for (const [k, v] of Object.entries(row))
     copy[k] = typeof v === "object" && v !== null ? deepFreeze(structuredClone(v)) : v
   return Object.freeze(copy)
-}
-
-/** Key order as MariaDB's primary key sorts it. */
-export const compareKeys = (a: RowKey, b: RowKey): number => {
-  for (let i = 0; i < a.length; i++) {
-    const c = compareValues(a[i] as string | number, b[i] as string | number)
-    if (c !== 0) return c
-  }
-  return 0
 }
 
 /**

@@ -65,14 +65,7 @@ import * as os from "node:os"
 import { Effect } from "effect"
 import type { Db, Document } from "mongodb"
 import { StoreError } from "../errors.ts"
-import {
-  compareCodePoints,
-  keyId,
-  LAST_EVENT_COLUMN,
-  type Row,
-  type RowKey,
-  type Template,
-} from "../template/template.ts"
+import { compareKeys, keyId, LAST_EVENT_COLUMN, type Row, type RowKey, type Template } from "../template/template.ts"
 import {
   CHECKPOINT_COLLECTION,
   checkpointDocId,
@@ -225,17 +218,6 @@ export interface MongoReplayContext {
 const variantId = (topology: string, variant: string): string => `${topology}/${variant}`
 
 const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
-
-/** Key order as the server sorts `_id`: strings by code point (binary UTF-8), numbers by value, compound keys field by field. */
-const compareKeys = (a: RowKey, b: RowKey): number => {
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i] as string | number
-    const y = b[i] as string | number
-    const c = typeof x === "number" && typeof y === "number" ? x - y : compareCodePoints(String(x), String(y))
-    if (c !== 0) return c
-  }
-  return 0
-}
 
 /** Field values in template order, the provenance field last: equal rows give equal strings. */
 const canonical = (template: Template, row: Row): string =>

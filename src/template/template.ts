@@ -230,6 +230,21 @@ export const compareCodePoints = (a: string, b: string): number => {
   return a.length - b.length
 }
 
+/**
+ * Key order as both stores sort keys: MariaDB's primary key (utf8mb4_nopad_bin)
+ * and MongoDB's `_id` — strings by code point, numbers by value, compound keys
+ * field by field.
+ */
+export const compareKeys = (a: RowKey, b: RowKey): number => {
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i] as string | number
+    const y = b[i] as string | number
+    const c = typeof x === "number" && typeof y === "number" ? x - y : compareCodePoints(String(x), String(y))
+    if (c !== 0) return c
+  }
+  return 0
+}
+
 /** Checks a scalar (a value of one of FieldTypes); `rec` adds what MongoDB cannot store. */
 const checkScalar = (where: string, spec: ValueType, value: unknown, rec: boolean): Checked<unknown> => {
   const bad = (what: string) => problem<unknown>(`${where}: ${describeValue(value)} ${what}`)
