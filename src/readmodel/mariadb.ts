@@ -20,7 +20,7 @@ import {
   planMigration,
   quoteId,
 } from "../template/ddl.ts"
-import { checkTemplate, checkTemplates } from "../template/load.ts"
+import { checkEnsured } from "../template/load.ts"
 import {
   checkKey,
   checkRow,
@@ -253,18 +253,12 @@ const build = (db: MariaDbShape, naming: Naming) => {
 
   const ensure: ReadModelStoreShape["ensure"] = (templates) =>
     Effect.gen(function* () {
-      for (const t of templates) {
-        if (t.backend !== "rel")
-          return yield* failed(
-            `Template ${t.name} (${t.file}) is a REC template; the MariaDB read-model store holds REL templates only.`,
-          )
-        const bad = checkTemplate(t)
-        if (bad !== undefined) return yield* failed(bad.message, bad)
-      }
-      const merged = new Map([...compiled].map(([name, c]) => [name, c.template]))
-      for (const t of templates) merged.set(t.name, t)
-      const clash = checkTemplates(templates) ?? checkTemplates([...merged.values()])
-      if (clash !== undefined) return yield* failed(clash.message, clash)
+      const bad = checkEnsured(
+        [...compiled.values()].map((c) => c.template),
+        templates,
+        { backend: "rel", store: "MariaDB" },
+      )
+      if (bad !== undefined) return yield* failed(bad.message, bad)
 
       yield* db.run(`Creating ${CHECKPOINT_TABLE}`, (pool) => pool.query(checkpointTableSql))
       // Before any stream can commit: commits of live streams read it to check the fence.

@@ -14,7 +14,7 @@
  */
 import { Effect, Layer } from "effect"
 import { StoreError } from "../errors.ts"
-import { checkTemplate, checkTemplates } from "../template/load.ts"
+import { checkEnsured } from "../template/load.ts"
 import {
   checkKey,
   checkRow,
@@ -144,14 +144,11 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
 
   const ensure: ReadModelStoreShape["ensure"] = (templates) =>
     Effect.suspend(() => {
-      for (const t of templates) {
-        const bad = checkTemplate(t)
-        if (bad !== undefined) return Effect.fail(failed(bad.message, bad))
-      }
-      const merged = new Map([...tables].map(([name, table]) => [name, table.template]))
-      for (const t of templates) merged.set(t.name, t)
-      const clash = checkTemplates(templates) ?? checkTemplates([...merged.values()])
-      if (clash !== undefined) return Effect.fail(failed(clash.message, clash))
+      const bad = checkEnsured(
+        [...tables.values()].map((table) => table.template),
+        templates,
+      )
+      if (bad !== undefined) return Effect.fail(failed(bad.message, bad))
       const next = new Map<string, Table>()
       for (const t of templates) {
         const old = tables.get(t.name)

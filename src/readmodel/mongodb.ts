@@ -40,7 +40,7 @@ import {
   MongoServerSelectionError,
 } from "mongodb"
 import { StoreError } from "../errors.ts"
-import { checkTemplate, checkTemplates } from "../template/load.ts"
+import { checkEnsured } from "../template/load.ts"
 import { type ActualCollection, planCollection, type Step, stepText } from "../template/mongo-plan.ts"
 import { checkKey, keyId, type Row, type RowKey, type Template } from "../template/template.ts"
 import {
@@ -400,18 +400,8 @@ export const open = (connection: MongoConnection): MongoBackend => {
 
     const ensure: ReadModelStoreShape["ensure"] = (list) =>
       Effect.gen(function* () {
-        for (const t of list) {
-          if (t.backend !== "rec")
-            return yield* failed(
-              `Template ${t.name} (${t.file}) is a REL template; the MongoDB read-model store holds REC templates only.`,
-            )
-          const bad = checkTemplate(t)
-          if (bad !== undefined) return yield* failed(bad.message, bad)
-        }
-        const merged = new Map(templates)
-        for (const t of list) merged.set(t.name, t)
-        const clash = checkTemplates(list) ?? checkTemplates([...merged.values()])
-        if (clash !== undefined) return yield* failed(clash.message, clash)
+        const bad = checkEnsured(templates.values(), list, { backend: "rec", store: "MongoDB" })
+        if (bad !== undefined) return yield* failed(bad.message, bad)
 
         yield* run("Creating the system collections", async () => {
           for (const name of [

@@ -48,7 +48,7 @@
  */
 import { Effect, Layer, type Scope } from "effect"
 import { StoreError } from "../errors.ts"
-import { checkTemplate, checkTemplates } from "../template/load.ts"
+import { checkEnsured } from "../template/load.ts"
 import type { Template } from "../template/template.ts"
 import * as Memory from "./memory.ts"
 import { prepareBatch } from "./mongo-ops.ts"
@@ -187,14 +187,8 @@ export const make = (options: RouterOptions): Effect.Effect<ReadModelStoreShape>
 
     const ensure: ReadModelStoreShape["ensure"] = (list) =>
       Effect.gen(function* () {
-        for (const t of list) {
-          const bad = checkTemplate(t)
-          if (bad !== undefined) return yield* failed(bad.message, bad)
-        }
-        const merged = new Map(templates)
-        for (const t of list) merged.set(t.name, t)
-        const clash = checkTemplates(list) ?? checkTemplates([...merged.values()])
-        if (clash !== undefined) return yield* failed(clash.message, clash)
+        const bad = checkEnsured(templates.values(), list)
+        if (bad !== undefined) return yield* failed(bad.message, bad)
         const moved = list.find((t) => templates.has(t.name) && templates.get(t.name)?.backend !== t.backend)
         if (moved !== undefined)
           return yield* new StoreError({

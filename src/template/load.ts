@@ -566,6 +566,30 @@ export const checkTemplates = (templates: ReadonlyArray<Template>): DeclarationE
   return undefined
 }
 
+/**
+ * Checks the templates a read-model store is asked to ensure: each one on its
+ * own, then beside those the store holds already (TLAs and names unique).
+ * `only` names the one backend a store holds, and the store in the message.
+ */
+export const checkEnsured = (
+  held: Iterable<Template>,
+  templates: ReadonlyArray<Template>,
+  only?: { readonly backend: Template["backend"]; readonly store: string },
+): DeclarationError | undefined => {
+  for (const t of templates) {
+    if (only !== undefined && t.backend !== only.backend)
+      return new DeclarationError({
+        code: "BAD_TEMPLATE",
+        message: `Template ${t.name} (${t.file}) is a ${t.backend.toUpperCase()} template; the ${only.store} read-model store holds ${only.backend.toUpperCase()} templates only.`,
+      })
+    const bad = checkTemplate(t)
+    if (bad !== undefined) return bad
+  }
+  const merged = new Map([...held].map((t) => [t.name, t]))
+  for (const t of templates) merged.set(t.name, t)
+  return checkTemplates(templates) ?? checkTemplates([...merged.values()])
+}
+
 // ---------------------------------------------------------------------------
 // Decoding the TOML shape.
 

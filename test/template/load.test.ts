@@ -4,7 +4,7 @@ import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import type { DeclarationError } from "../../src/errors.ts"
-import { checkTemplate, loadTemplates, parseTemplate } from "../../src/template/load.ts"
+import { checkEnsured, checkTemplate, loadTemplates, parseTemplate } from "../../src/template/load.ts"
 import type { Template } from "../../src/template/template.ts"
 
 const FILE = "templates/tst.toml"
@@ -493,5 +493,33 @@ describe("checkTemplate", () => {
       [{ ...good, name: "x`y" }, "not a safe name"],
     ]
     for (const [t, fragment] of cases) expect(checkTemplate(t)?.message).toContain(fragment)
+  })
+})
+
+describe("checkEnsured", () => {
+  const good = parse(BASE)
+  const other = { ...good, tla: "OTH", name: "other", file: "templates/other.toml" }
+
+  it("accepts templates that are valid and unique beside those held, including one held already", () => {
+    expect(checkEnsured([good], [good, other])).toBeUndefined()
+    expect(checkEnsured([], [other], { backend: "rel", store: "MariaDB" })).toBeUndefined()
+  })
+
+  it("refuses a template that is invalid on its own", () => {
+    expect(checkEnsured([], [{ ...good, fields: [] }])?.message).toContain("no fields")
+  })
+
+  it("refuses a TLA that a held template has, and a TLA or name given twice; a held name is replaced", () => {
+    expect(checkEnsured([good], [{ ...other, tla: good.tla }])?.message).toContain(`is already the TLA of ${good.name}`)
+    expect(checkEnsured([], [good, { ...other, tla: good.tla }])?.message).toContain("is already the TLA")
+    expect(checkEnsured([], [good, { ...other, name: good.name }])?.message).toContain("is already the name")
+    // Ensuring a template under a held name is how a template changes (the store migrates it).
+    expect(checkEnsured([good], [{ ...other, name: good.name }])).toBeUndefined()
+  })
+
+  it("refuses a template of a backend the store does not hold, naming the store", () => {
+    expect(checkEnsured([], [good], { backend: "rec", store: "MongoDB" })?.message).toBe(
+      `Template ${good.name} (${good.file}) is a REL template; the MongoDB read-model store holds REC templates only.`,
+    )
   })
 })
