@@ -76,17 +76,16 @@ export const parseBound = (text: string, option: string): Bound | ReplayError =>
 const heads = (streams: ReadonlyArray<SourceStream>) =>
   streams.map((s) => `${s.depot}/${s.partition}=${s.head}`).join(", ")
 
+/** Reads up to `limit` events of a partition from offset `from` (the depot store's `read`). */
+export type ReadPartition = (
+  depot: string,
+  partition: number,
+  from: number,
+  limit: number,
+) => Effect.Effect<ReadonlyArray<Event>, StoreError>
+
 /** Reads a partition in chunks until `found`; the offset of the first event that matches, else the head. */
-const firstOffset = (
-  read: (
-    depot: string,
-    partition: number,
-    from: number,
-    limit: number,
-  ) => Effect.Effect<ReadonlyArray<Event>, StoreError>,
-  s: SourceStream,
-  found: (e: Event) => boolean,
-) =>
+const firstOffset = (read: ReadPartition, s: SourceStream, found: (e: Event) => boolean) =>
   Effect.gen(function* () {
     let from = 0
     while (from < s.head) {
@@ -106,12 +105,7 @@ export const resolveRanges = (
   streams: ReadonlyArray<SourceStream>,
   from: Bound | undefined,
   to: Bound | undefined,
-  read: (
-    depot: string,
-    partition: number,
-    from: number,
-    limit: number,
-  ) => Effect.Effect<ReadonlyArray<Event>, StoreError>,
+  read: ReadPartition,
 ): Effect.Effect<ReadonlyArray<StreamRange>, ReplayError | StoreError> =>
   Effect.gen(function* () {
     if (from?.kind === "offset" && to?.kind === "offset" && from.offset > to.offset)
