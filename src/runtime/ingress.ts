@@ -6,7 +6,7 @@
 import { Effect } from "effect"
 import type { Depot } from "../depot/depot.ts"
 import * as DepotDecl from "../depot/depot.ts"
-import type { AckLevel, AppendOutcome } from "../depot/event.ts"
+import type { AckLevel, AppendOutcome, AppendRequest } from "../depot/event.ts"
 import type { DepotStoreShape } from "../depot/store.ts"
 import type { DepotWriterShape } from "../depot/writer.ts"
 import { CommandRejected, type ErrorCode } from "../errors.ts"
@@ -27,16 +27,8 @@ export interface Accepted {
   readonly depot: Depot
   readonly partition: number
   readonly ack: AckLevel
-  readonly request: {
-    readonly messageId: string
-    readonly type: string
-    readonly key: string
-    readonly payload: unknown
-    readonly time: number
-    readonly expect?: number | undefined
-    readonly parent?: string | undefined
-    readonly metadata?: Readonly<Record<string, string>> | undefined
-  }
+  /** What a client may ask for: derived IDs and the parent check are the engine's to set. */
+  readonly request: Omit<AppendRequest, "childId" | "checkParent">
 }
 
 const reject = (code: ErrorCode, message: string, details?: unknown) => new CommandRejected({ code, message, details })
