@@ -14,6 +14,7 @@
 import { createHash } from "node:crypto"
 import { Effect } from "effect"
 import type { Event } from "../depot/event.ts"
+import type { DepotStoreShape } from "../depot/store.ts"
 import type { StoreError } from "../errors.ts"
 import { ReplayError } from "./error.ts"
 
@@ -76,13 +77,8 @@ export const parseBound = (text: string, option: string): Bound | ReplayError =>
 const heads = (streams: ReadonlyArray<SourceStream>) =>
   streams.map((s) => `${s.depot}/${s.partition}=${s.head}`).join(", ")
 
-/** Reads up to `limit` events of a partition from offset `from` (the depot store's `read`). */
-export type ReadPartition = (
-  depot: string,
-  partition: number,
-  from: number,
-  limit: number,
-) => Effect.Effect<ReadonlyArray<Event>, StoreError>
+/** Reads up to `limit` events of a partition from offset `from`: the depot store's `read`. */
+export type ReadPartition = DepotStoreShape["read"]
 
 /** Reads a partition in chunks until `found`; the offset of the first event that matches, else the head. */
 const firstOffset = (read: ReadPartition, s: SourceStream, found: (e: Event) => boolean) =>
