@@ -400,13 +400,14 @@ export const printAmqp = (r: AmqpResult) => {
   row("(c) raw publish with confirms", r.confirms)
   row("(c0) the same, message_id alone", r.bare)
   row("(d) raw publish with confirms, a consumer acks", r.consumed)
+  /** A further ratio of the row above, to another baseline. */
+  const alsoOf = (baseline: string, ratios: ReadonlyArray<number>) =>
+    console.log(
+      `  ${"".padEnd(44)}${pct(median(ratios)).padStart(9)} of ${baseline}; rounds ${ratios.map(pct).join(", ")}`,
+    )
   row("BEDS none", r.beds.none, { ratios: r.ratios.none, target: "of (c), target >= 80 %" })
-  console.log(
-    `  ${"".padEnd(44)}${pct(median(r.ratios.noneOfBare)).padStart(9)} of (c0); rounds ${r.ratios.noneOfBare.map(pct).join(", ")}`,
-  )
-  console.log(
-    `  ${"".padEnd(44)}${pct(median(r.ratios.noneOfConsumed)).padStart(9)} of (d); rounds ${r.ratios.noneOfConsumed.map(pct).join(", ")}`,
-  )
+  alsoOf("(c0)", r.ratios.noneOfBare)
+  alsoOf("(d)", r.ratios.noneOfConsumed)
   row("BEDS append", r.beds.append, { ratios: r.ratios.append, target: "of (b), target >= 70 %" })
   row("BEDS full", r.beds.full, { ratios: r.ratios.full, target: "of (b), target >= 50 %" })
   for (const [i, h] of r.beds.fullHalf.entries()) row(`BEDS full at half its peak rate (round ${i + 1})`, h)

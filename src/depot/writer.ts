@@ -244,10 +244,10 @@ export const make = (depots: ReadonlyArray<Depot>, options: WriterOptions) =>
      * one committer, to be started as many times as there are partitions,
      * and all of them share this pool's state. A committer takes the waiting
      * batches of partitions no other commit holds, up to batchMax appends in
-     * all. While a commit is in
-     * flight another starts only with a full batch's worth waiting: light
-     * load makes one commit of many partitions' small batches at a time,
-     * heavy load one commit per partition, in parallel.
+     * all. While a commit is in flight another starts only with a full
+     * batch's worth waiting: light load makes one commit of many partitions'
+     * small batches at a time, heavy load one commit per partition, in
+     * parallel.
      */
     const committerPool = (all: ReadonlyArray<Partition>, appendAll: NonNullable<DepotStoreShape["appendAll"]>) => {
       const busy = new Set<Partition>()
