@@ -26,7 +26,7 @@ import {
   type RowKey,
   type Template,
 } from "../template/template.ts"
-import { checkDocumentSize, toDocument, valueAt } from "./mongo-ops.ts"
+import { checkDocumentSize, valueAt } from "./mongo-ops.ts"
 import {
   type CheckpointId,
   type ReadModelReplayShape,
@@ -222,7 +222,7 @@ export const make: Effect.Effect<ReadModelStoreShape> = Effect.sync(() => {
         )
       // A REC row must fit a MongoDB document here too, so tests on memory catch what production would refuse.
       if (t.template.backend === "rec") {
-        const size = checkDocumentSize(t.template, k.value, toDocument(t.template, k.value, r.value))
+        const size = checkDocumentSize(t.template, k.value, r.value)
         if (!size.ok) return failed(`Commit refused: ${size.problem}. Nothing was written.`)
       }
       ;(t.rows.has(id) ? updates : inserts).push({ table: t, id, row: r.value, key: k.value })
