@@ -246,14 +246,15 @@ export const compareKeys = (a: RowKey, b: RowKey): number => {
 }
 
 /** Checks a scalar (a value of one of FieldTypes); `rec` adds what MongoDB cannot store. */
-const checkScalar = (where: string, spec: ValueType, value: unknown, rec: boolean): Checked<unknown> => {
+const checkScalar = (where: Where, spec: ValueType, value: unknown, rec: boolean): Checked<unknown> => {
   const bad = (what: string) => problem<unknown>(`${where}: ${describeValue(value)} ${what}`)
   switch (spec.type) {
     case "string":
     case "text": {
       if (typeof value !== "string") return bad(`is not a string`)
       if (!isWellFormed(value)) return bad(`holds an unpaired UTF-16 surrogate, which UTF-8 cannot store`)
-      if (spec.type === "string" && codePoints(value) > (spec.max ?? 0))
+      // length counts UTF-16 units, never fewer than code points: count those only when it matters
+      if (spec.type === "string" && value.length > (spec.max ?? 0) && codePoints(value) > (spec.max ?? 0))
         return bad(`is ${codePoints(value)} characters long; the field holds at most ${spec.max}`)
       if (spec.type === "text" && Buffer.byteLength(value, "utf8") > MAX_TEXT_BYTES)
         return bad(`is longer than ${MAX_TEXT_BYTES} UTF-8 bytes`)
@@ -306,7 +307,7 @@ const compareMembers = (a: unknown, b: unknown): number =>
   typeof a === "string" && typeof b === "string" ? compareCodePoints(a, b) : Number(a) - Number(b)
 
 /** A map value, list item or set member: never null. */
-const checkElement = (where: string, spec: ValueType, value: unknown): Checked<unknown> => {
+const checkElement = (where: Where, spec: ValueType, value: unknown): Checked<unknown> => {
   if (value === null || value === undefined)
     return problem(
       `${where}: ${describeValue(value)} is not allowed: map values, list items and set members cannot be null`,
@@ -315,7 +316,7 @@ const checkElement = (where: string, spec: ValueType, value: unknown): Checked<u
 }
 
 /** An object's declared field, as a row's field: default when left out, null only when nullable. */
-const checkMember = (where: string, field: Field, given: unknown): Checked<unknown> => {
+const checkMember = (where: Where, field: Field, given: unknown): Checked<unknown> => {
   const value = given === undefined ? defaultOf(field) : given
   if (value === undefined) return problem(`${where} is missing: the field is not nullable and has no default`)
   if (value === null)
@@ -323,15 +324,35 @@ const checkMember = (where: string, field: Field, given: unknown): Checked<unkno
   return checkElement(where, field, value)
 }
 
-const member = (where: string, key: string): string =>
-  IDENTIFIER.test(key) ? `${where}.${key}` : `${where}[${JSON.stringify(key)}]`
+/**
+ * Where a value sits in a row, for messages: a chain rendered only when a
+ * message needs it, since every write of a REC row checks all its values and
+ * nearly all of them are fine.
+ */
+class Path {
+  readonly parent: Where
+  /** An index, a declared field's name, or a map key. */
+  readonly step: number | string
+  readonly declared: boolean
+  constructor(parent: Where, step: number | string, declared: boolean) {
+    this.parent = parent
+    this.step = step
+    this.declared = declared
+  }
+  toString(): string {
+    const { parent, step } = this
+    if (typeof step === "number") return `${parent}[${step}]`
+    return this.declared || IDENTIFIER.test(step) ? `${parent}.${step}` : `${parent}[${JSON.stringify(step)}]`
+  }
+}
+type Where = string | Path
 
 /**
  * Checks a shaped value and returns its canonical form: fresh arrays and
  * objects, map keys in code-point order, set members sorted and distinct,
  * object fields in declaration order with defaults filled in.
  */
-const checkShaped = (where: string, shape: Shape, value: unknown): Checked<unknown> => {
+const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknown> => {
   const bad = (what: string) => problem<unknown>(`${where}: ${describeValue(value)} ${what}`)
   switch (shape.kind) {
     case "counter":
@@ -342,7 +363,7 @@ const checkShaped = (where: string, shape: Shape, value: unknown): Checked<unkno
       if (!Array.isArray(value)) return bad(`is not a list: use an array`)
       const out: Array<unknown> = []
       for (let i = 0; i < value.length; i++) {
-        const c = checkElement(`${where}[${i}]`, shape.of, value[i])
+        const c = checkElement(new Path(where, i, false), shape.of, value[i])
         if (!c.ok) return c
         out.push(c.value)
       }
@@ -353,7 +374,7 @@ const checkShaped = (where: string, shape: Shape, value: unknown): Checked<unkno
       if (members === undefined) return bad(`is not a set: use a Set or an array`)
       const out: Array<unknown> = []
       for (let i = 0; i < members.length; i++) {
-        const c = checkElement(`${where}[${i}]`, shape.of, members[i])
+        const c = checkElement(new Path(where, i, false), shape.of, members[i])
         if (!c.ok) return c
         out.push(c.value)
       }
@@ -373,7 +394,7 @@ const checkShaped = (where: string, shape: Shape, value: unknown): Checked<unkno
         if (typeof k !== "string") return bad(`has the key ${describeValue(k)}; map keys are strings`)
         if (!isWellFormed(k)) return bad(`has a key with an unpaired UTF-16 surrogate, which UTF-8 cannot store`)
         if (v === undefined) continue
-        const c = checkElement(member(where, k), shape.of, v)
+        const c = checkElement(new Path(where, k, false), shape.of, v)
         if (!c.ok) return c
         out.push([k, c.value])
       }
@@ -384,18 +405,23 @@ const checkShaped = (where: string, shape: Shape, value: unknown): Checked<unkno
       if (typeof value !== "object" || value === null || Array.isArray(value) || !isPlainObject(value))
         return bad(`is not an object: use a plain object with the fields ${shape.fields.map((f) => f.name).join(", ")}`)
       const given = value as Record<string, unknown>
-      const out: Array<[string, unknown]> = []
+      // declared names are identifiers (never __proto__), so plain assignment defines own fields
+      const out: Record<string, unknown> = {}
       for (const f of shape.fields) {
-        const c = checkMember(`${where}.${f.name}`, f, Object.hasOwn(given, f.name) ? given[f.name] : undefined)
+        const c = checkMember(
+          new Path(where, f.name, true),
+          f,
+          Object.hasOwn(given, f.name) ? given[f.name] : undefined,
+        )
         if (!c.ok) return c
-        out.push([f.name, c.value])
+        out[f.name] = c.value
       }
       for (const k of Object.keys(given))
-        if (given[k] !== undefined && !shape.fields.some((f) => f.name === k))
+        if (given[k] !== undefined && !Object.hasOwn(out, k))
           return problem(
             `${where} has no field ${JSON.stringify(k)} (declared: ${shape.fields.map((f) => f.name).join(", ")})`,
           )
-      return ok(Object.fromEntries(out))
+      return ok(out)
     }
   }
 }

@@ -1,6 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
 import fc from "fast-check"
-import { compareKeys, type RowKey } from "../../src/template/template.ts"
+import { parseTemplate } from "../../src/template/load.ts"
+import { checkRow, compareKeys, LAST_EVENT_COLUMN, type Row, type RowKey } from "../../src/template/template.ts"
 
 /** What both stores sort by: strings as their UTF-8 bytes, numbers by value, field after field. */
 const byStoreOrder = (a: RowKey, b: RowKey): number => {
@@ -42,6 +44,62 @@ describe("compareKeys", () => {
         },
       ),
       { numRuns: 2000 },
+    )
+  })
+})
+
+describe("checkRow", () => {
+  const shaped = Effect.runSync(
+    parseTemplate(
+      `
+tla = "SHP"
+name = "shaped"
+backend = "rec"
+key = ["id"]
+
+[fields.id]
+type = "string"
+max = 10
+
+[fields.m]
+type = "map"
+of = { type = "counter" }
+
+[fields.items]
+type = "list"
+
+[fields.items.of]
+type = "object"
+
+[fields.items.of.fields.q]
+type = "int"
+
+[fields.items.of.fields.tags]
+type = "set"
+of = { type = "string", max = 3 }
+`,
+      "test/shaped.toml",
+    ),
+  )
+  const refusal = (row: Row): string => {
+    const r = checkRow(shaped, { id: "a", ...row, [LAST_EVENT_COLUMN]: "t:0:1" })
+    return r.ok ? "accepted" : r.problem
+  }
+
+  it("names where a refused value sits: indexes, fields, and map keys quoted unless they are names", () => {
+    expect(refusal({ items: [{ q: 1 }, { q: 1.5 }] })).toMatch(/^shaped\.items\[1\]\.q: 1\.5 is not an integer/)
+    expect(refusal({ items: [{ q: 1, tags: ["ok", "long"] }] })).toMatch(
+      /^shaped\.items\[0\]\.tags\[1\]: "long" is 4 characters long/,
+    )
+    expect(refusal({ m: { fine: 1, "a.b": "x" } })).toMatch(/^shaped\.m\["a\.b"\]: "x" is not a counter value/)
+    expect(refusal({ m: { fine: "x" } })).toMatch(/^shaped\.m\.fine: "x" is not a counter value/)
+    expect(refusal({ items: [{ q: 1, z: 2 }] })).toBe('shaped.items[0] has no field "z" (declared: q, tags)')
+  })
+
+  it("accepts a string whose UTF-16 length exceeds its limit while its code points do not", () => {
+    expect(refusal({ items: [{ q: 1, tags: ["\u{1F600}\u{1F600}\u{1F600}"] }] })).toBe("accepted")
+    expect(refusal({ items: [{ q: 1, tags: ["\u{1F600}\u{1F600}\u{1F600}\u{1F600}"] }] })).toMatch(
+      /is 4 characters long; the field holds at most 3/,
     )
   })
 })
