@@ -32,11 +32,13 @@ import {
   checkRow,
   defaultOf,
   type Field,
+  isCanonical,
   keyId,
   keyOf,
   LAST_EVENT_COLUMN,
   type Row,
   type RowKey,
+  type Shape,
   type Template,
   type ValueType,
 } from "../template/template.ts"
@@ -259,34 +261,50 @@ const jsonBytes = (v: unknown): number => {
   }
 }
 
+/** Bytes of canonical values already counted; they are frozen, so a count stays true. */
+const counted = new WeakMap<object, number>()
+
 /** The bytes toBson(spec, value) takes as an element's value. */
 const valueBytes = (spec: ValueType, value: unknown): number => {
   if (value === null || value === undefined) return 0
   const shape = spec.shape
-  if (shape !== undefined)
-    switch (shape.kind) {
-      case "counter":
-        return 8
-      case "map": {
-        let n = EMPTY_DOCUMENT
-        for (const [k, x] of Object.entries(value as Record<string, unknown>))
-          n += element(encodeKey(k), valueBytes(shape.of, x))
-        return n
-      }
-      case "list":
-      case "set": {
-        const items = value as ReadonlyArray<unknown>
-        let n = EMPTY_DOCUMENT
-        for (let i = 0; i < items.length; i++) n += item(i, valueBytes(shape.of, items[i]))
-        return n
-      }
-      case "object": {
-        const fields = value as Record<string, unknown>
-        let n = EMPTY_DOCUMENT
-        for (const f of shape.fields) n += element(f.name, valueBytes(f, fields[f.name]))
-        return n
-      }
+  if (shape === undefined) return scalarBytes(spec, value)
+  if (!isCanonical(shape, value)) return shapedBytes(shape, value)
+  let n = counted.get(value as object)
+  if (n === undefined) {
+    n = shapedBytes(shape, value)
+    counted.set(value as object, n)
+  }
+  return n
+}
+
+const shapedBytes = (shape: Shape, value: unknown): number => {
+  switch (shape.kind) {
+    case "counter":
+      return 8
+    case "map": {
+      let n = EMPTY_DOCUMENT
+      for (const [k, x] of Object.entries(value as Record<string, unknown>))
+        n += element(encodeKey(k), valueBytes(shape.of, x))
+      return n
     }
+    case "list":
+    case "set": {
+      const items = value as ReadonlyArray<unknown>
+      let n = EMPTY_DOCUMENT
+      for (let i = 0; i < items.length; i++) n += item(i, valueBytes(shape.of, items[i]))
+      return n
+    }
+    case "object": {
+      const fields = value as Record<string, unknown>
+      let n = EMPTY_DOCUMENT
+      for (const f of shape.fields) n += element(f.name, valueBytes(f, fields[f.name]))
+      return n
+    }
+  }
+}
+
+const scalarBytes = (spec: ValueType, value: unknown): number => {
   switch (spec.type) {
     case "int":
     case "float":

@@ -348,11 +348,31 @@ class Path {
 type Where = string | Path
 
 /**
- * Checks a shaped value and returns its canonical form: fresh arrays and
+ * The shape each canonical array and object was built for. They are frozen
+ * when built, so one met again (a list item carried over from an earlier
+ * version of the row) is known to be canonical without walking it: checking
+ * a REC row at every write then costs what the write added, not the whole
+ * document.
+ */
+const canonicalShape = new WeakMap<object, Shape>()
+
+const settle = (shape: Shape, value: object): Checked<unknown> => {
+  canonicalShape.set(Object.freeze(value), shape)
+  return ok(value)
+}
+
+/** Whether `value` is a canonical value of `shape` built by the row check (and so frozen and valid). */
+export const isCanonical = (shape: Shape, value: unknown): boolean =>
+  typeof value === "object" && value !== null && canonicalShape.get(value) === shape
+
+/**
+ * Checks a shaped value and returns its canonical form: frozen arrays and
  * objects, map keys in code-point order, set members sorted and distinct,
- * object fields in declaration order with defaults filled in.
+ * object fields in declaration order with defaults filled in. A canonical
+ * value is its own canonical form, so it is returned as it is.
  */
 const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknown> => {
+  if (isCanonical(shape, value)) return ok(value)
   const bad = (what: string) => problem<unknown>(`${where}: ${describeValue(value)} ${what}`)
   switch (shape.kind) {
     case "counter":
@@ -367,7 +387,7 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
         if (!c.ok) return c
         out.push(c.value)
       }
-      return ok(out)
+      return settle(shape, out)
     }
     case "set": {
       const members = value instanceof Set ? [...value] : Array.isArray(value) ? value : undefined
@@ -379,7 +399,10 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
         out.push(c.value)
       }
       out.sort(compareMembers)
-      return ok(out.filter((v, i) => i === 0 || v !== out[i - 1]))
+      return settle(
+        shape,
+        out.filter((v, i) => i === 0 || v !== out[i - 1]),
+      )
     }
     case "map": {
       const entries =
@@ -399,7 +422,7 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
         out.push([k, c.value])
       }
       out.sort((a, b) => compareCodePoints(a[0], b[0]))
-      return ok(Object.fromEntries(out))
+      return settle(shape, Object.fromEntries(out))
     }
     case "object": {
       if (typeof value !== "object" || value === null || Array.isArray(value) || !isPlainObject(value))
@@ -421,7 +444,7 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
           return problem(
             `${where} has no field ${JSON.stringify(k)} (declared: ${shape.fields.map((f) => f.name).join(", ")})`,
           )
-      return ok(out)
+      return settle(shape, out)
     }
   }
 }

@@ -20,7 +20,15 @@ import type { StoreError } from "../errors.ts"
 import { getOrCreate } from "../internal/map.ts"
 import * as Lineage from "../lineage/lineage-id.ts"
 import { type CheckpointId, ReadModelStore, type RowWrite } from "../readmodel/store.ts"
-import { keyId, keyOf, LAST_EVENT_COLUMN, type Row, type RowKey, type Template } from "../template/template.ts"
+import {
+  checkRow,
+  keyId,
+  keyOf,
+  LAST_EVENT_COLUMN,
+  type Row,
+  type RowKey,
+  type Template,
+} from "../template/template.ts"
 import { Progress } from "./progress.ts"
 import {
   asFailure,
@@ -624,8 +632,19 @@ const makeApplier = (
           `Topology "${topology.name}" wrote a row to "${template}" without its key field "${k}".`,
           false,
         )
-    const key = keyOf(tpl, row)
-    const full = { ...row, [LAST_EVENT_COLUMN]: event.id }
+    let full: Row = { ...row, [LAST_EVENT_COLUMN]: event.id }
+    if (tpl.backend === "rec" && models.check !== undefined) {
+      // A REC row is staged as its canonical form, frozen, as a committed one reads back: the next
+      // event's row is then built from canonical parts, which the check knows without walking them.
+      const canonical = checkRow(tpl, full)
+      if (!canonical.ok)
+        return new TopologyFailure(
+          `Topology "${topology.name}" wrote a row its template refuses: ${canonical.problem}.`,
+          false,
+        )
+      full = Object.freeze(canonical.value)
+    }
+    const key = keyOf(tpl, full)
     write(template, keyId(key), key, full)
     return { tpl, key, full }
   }
@@ -753,6 +772,11 @@ const makeApplier = (
     }
   }
 
+  // An attempt applyNow made whose REC checks are still to run: `apply` runs them, not the step again.
+  let unchecked:
+    | { readonly event: Event; readonly checks: ReadonlyArray<Effect.Effect<void, TopologyFailure>> }
+    | undefined
+
   /** Step topologies: applies an event without leaving the caller's loop, or undefined when it needs the Effect path. */
   const applied: ApplyOutcome = { _tag: "Applied", staged }
   const applyNow = (e: Event, b: Batch): ApplyOutcome | undefined => {
@@ -760,8 +784,7 @@ const makeApplier = (
     const r = attemptStep(e, b)
     if (r !== staged) return undefined
     if (recChecks.length > 0) {
-      // the Effect path runs the step again, with its checks
-      undo()
+      unchecked = { event: e, checks: recChecks }
       return undefined
     }
     return applied
@@ -795,8 +818,18 @@ const makeApplier = (
   const apply = (e: Event, b: Batch): Effect.Effect<ApplyOutcome> =>
     Effect.gen(function* () {
       let tries = 0
+      let made = unchecked?.event === e ? unchecked.checks : undefined
+      unchecked = undefined
       while (true) {
-        const exit = yield* Effect.exit(attempt(e, b))
+        const exit = yield* Effect.exit(
+          made === undefined
+            ? attempt(e, b)
+            : Effect.as(
+                Effect.forEach(made, (c) => c, { discard: true }),
+                staged,
+              ),
+        )
+        made = undefined
         if (exit._tag === "Success") return applied
         undo()
         const failure = exit.cause.reasons.find((r) => r._tag === "Fail" || r._tag === "Die")

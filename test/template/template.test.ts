@@ -96,6 +96,51 @@ of = { type = "string", max = 3 }
     expect(refusal({ items: [{ q: 1, z: 2 }] })).toBe('shaped.items[0] has no field "z" (declared: q, tags)')
   })
 
+  it("returns canonical values frozen, and a canonical value met again as it is, without walking it", () => {
+    const first = checkRow(shaped, {
+      id: "a",
+      m: { b: 2, a: 1 },
+      items: [{ q: 1, tags: ["y", "x", "y"] }],
+      [LAST_EVENT_COLUMN]: "t:0:1",
+    })
+    if (!first.ok) throw new Error(first.problem)
+    const items = first.value.items as ReadonlyArray<{ q: number; tags: ReadonlyArray<string> }>
+    expect(items).toEqual([{ q: 1, tags: ["x", "y"] }])
+    expect([items, items[0], items[0]?.tags, first.value.m].every(Object.isFrozen)).toBe(true)
+    const again = checkRow(shaped, {
+      ...first.value,
+      items: [...items, { q: 2 }],
+      [LAST_EVENT_COLUMN]: "t:0:2",
+    })
+    if (!again.ok) throw new Error(again.problem)
+    expect(again.value.m).toBe(first.value.m)
+    expect((again.value.items as ReadonlyArray<unknown>)[0]).toBe(items[0])
+    expect(again.value.items).toEqual([
+      { q: 1, tags: ["x", "y"] },
+      { q: 2, tags: [] },
+    ])
+  })
+
+  it("property: a row checked again, from its canonical parts or from fresh copies, gives the same row", () => {
+    const tag = fc.string({ maxLength: 3 })
+    const row = fc.record({
+      m: fc.dictionary(fc.string({ maxLength: 4 }), fc.integer()),
+      items: fc.array(fc.record({ q: fc.integer(), tags: fc.array(tag, { maxLength: 4 }) }, { requiredKeys: ["q"] }), {
+        maxLength: 5,
+      }),
+    })
+    fc.assert(
+      fc.property(row, (fields) => {
+        const first = checkRow(shaped, { id: "a", ...fields, [LAST_EVENT_COLUMN]: "t:0:1" })
+        if (!first.ok) throw new Error(first.problem)
+        const fromParts = checkRow(shaped, { ...first.value })
+        const fromCopies = checkRow(shaped, structuredClone(first.value))
+        expect(fromParts).toEqual(first)
+        expect(fromCopies).toEqual(first)
+      }),
+    )
+  })
+
   it("accepts a string whose UTF-16 length exceeds its limit while its code points do not", () => {
     expect(refusal({ items: [{ q: 1, tags: ["\u{1F600}\u{1F600}\u{1F600}"] }] })).toBe("accepted")
     expect(refusal({ items: [{ q: 1, tags: ["\u{1F600}\u{1F600}\u{1F600}\u{1F600}"] }] })).toMatch(

@@ -373,3 +373,71 @@ describe("step topologies", () => {
     expect(await rowsOf(s.models)).toEqual([["k", 1]])
   })
 })
+
+describe("step topologies writing REC rows", () => {
+  let tagTpl: Template
+  beforeAll(async () => {
+    tagTpl = await Effect.runPromise(
+      parseTemplate(
+        `tla = "TAG"\nname = "tag_doc"\nbackend = "rec"\nkey = ["id"]\n[fields.id]\ntype = "string"\nmax = 64\n` +
+          `[fields.n]\ntype = "int"\ndefault = 7\n[fields.tags]\ntype = "set"\nof = { type = "string", max = 5 }\n` +
+          `[fields.items]\ntype = "list"\n[fields.items.of]\ntype = "object"\n[fields.items.of.fields.q]\ntype = "int"\n`,
+        "tag_doc.toml",
+      ),
+    )
+  })
+  const tagger = Topology.make({
+    name: "tagger",
+    sources: [counters],
+    readModels: ["tag_doc"],
+    onFailure: "park",
+    step: Topology.matchStep(counters, {
+      Noted: (p, event, ctx) => {
+        const items = (ctx.get("tag_doc", event.key)?.items ?? []) as ReadonlyArray<{ q: number }>
+        ctx.put("tag_doc", { id: event.key, tags: [p.text, "b", "a", "b"], items: [...items, { q: items.length }] })
+        const back = ctx.get("tag_doc", event.key) as Row
+        ctx.reply({
+          back,
+          frozen: [back, back.tags, back.items, ...(back.items as Array<object>)].every(Object.isFrozen),
+        })
+      },
+    }),
+  })
+  const run = (texts: ReadonlyArray<string>) =>
+    stores().then(async (s) => {
+      const replies = await Effect.runPromise(
+        withEngine(
+          s,
+          { depots: [counters, echoes], topologies: [tagger], templates: [tagTpl] },
+          (engine) =>
+            Effect.gen(function* () {
+              const replies = yield* Effect.forEach(texts, (text, i) =>
+                engine.publish("counters", "Noted", "d", { text }, { id: `n${i}`, ack: "full" }),
+              )
+              return { replies, parked: (yield* engine.status()).streams[0]?.parked ?? [] }
+            }),
+          fastRetries,
+        ),
+      )
+      return { ...replies, rows: await Effect.runPromise(s.models.scan("tag_doc")) }
+    })
+
+  it("a row read back within the event is its canonical form, frozen, as a committed row reads back", async () => {
+    const { replies, rows } = await run(["c", "d"])
+    expect(replies[1]).toMatchObject({
+      ok: true,
+      values: { tagger: { back: { id: "d", n: 7, tags: ["a", "b", "d"], items: [{ q: 0 }, { q: 1 }] }, frozen: true } },
+    })
+    expect(rows).toMatchObject([{ id: "d", n: 7, tags: ["a", "b", "d"], items: [{ q: 0 }, { q: 1 }] }])
+  })
+
+  it("a row its template refuses fails that event, naming the value, and the park policy goes on", async () => {
+    const { replies, parked, rows } = await run(["c", "toolong", "d"])
+    expect(replies.map((r) => r.ok)).toEqual([true, true, true])
+    expect(parked).toMatchObject([{ offset: 1 }])
+    expect(parked[0]?.error).toContain(
+      'Topology "tagger" wrote a row its template refuses: tag_doc.tags[0]: "toolong" is 7 characters long',
+    )
+    expect(rows).toMatchObject([{ tags: ["a", "b", "d"], items: [{ q: 0 }, { q: 1 }] }])
+  })
+})
