@@ -19,16 +19,7 @@ interface Ack {
   readonly partition: number
 }
 
-// The depot's crash safety is what is tested: the accounts depot with the balances topology. With
-// the ledger topology too, each restart refolds the whole depot into its REC documents, and that
-// refold checks every document at every event, so it takes tens of seconds at the depot sizes this
-// test reaches and the restart would time out on a slow machine.
-const env = {
-  BEDS_ENV: "",
-  BEDS__ENGINE__DATA_DIR: dataDir,
-  BEDS__ROLES__CRASH: '{ depots = ["accounts"], topologies = ["balances"] }',
-  BEDS__ENGINE__ROLE: "crash",
-}
+const env = { BEDS_ENV: "", BEDS__ENGINE__DATA_DIR: dataDir }
 
 const send = (e: EngineProcess, message: string, amount: number, ack = "append") =>
   (e.child.stdin as NodeJS.WritableStream).write(
