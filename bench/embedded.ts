@@ -9,6 +9,7 @@ import * as path from "node:path"
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { accounts } from "../depots/accounts.ts"
 import { balances } from "../projections/balances.ts"
+import { ledger } from "../projections/ledger.ts"
 import * as EmbeddedClient from "../src/client/embedded.ts"
 import { partitionOf } from "../src/depot/depot.ts"
 import type { AppendRequest } from "../src/depot/event.ts"
@@ -18,19 +19,22 @@ import * as MemoryModels from "../src/readmodel/memory.ts"
 import { ReadModelStore } from "../src/readmodel/store.ts"
 import { defaultOptions, Engine, layer as engineLayer } from "../src/runtime/engine.ts"
 import { loadTemplates } from "../src/template/load.ts"
+import type { Topology } from "../src/topology/topology.ts"
 import { fmt, peakRssMb, progress, summarize } from "./support.ts"
 
 export interface EmbeddedResult {
   readonly perAck: ReadonlyArray<{ ack: string; n: number; perSec: number; p50: number; p99: number }>
   readonly rebuild: { events: number; seconds: number; perSec: number; rssMb: number }
+  /** Cold starts on a depot whose accounts reach 200 ledger entries: balances alone, then with ledger. */
+  readonly rec: { events: number; balancesPerSec: number; ledgerPerSec: number }
 }
 
-const open = async (dir: string) => {
+const open = async (dir: string, topologies: ReadonlyArray<Topology> = [balances]) => {
   const templates = await Effect.runPromise(loadTemplates("templates"))
   const scope = await Effect.runPromise(Scope.make())
   const ctx = await Effect.runPromise(
     Layer.buildWithScope(
-      engineLayer({ depots: [accounts], topologies: [balances], templates }, defaultOptions).pipe(
+      engineLayer({ depots: [accounts], topologies, templates }, defaultOptions).pipe(
         Layer.provideMerge(Layer.mergeAll(FileDepot.layer(dir), MemoryModels.layer)),
       ),
       scope,
@@ -44,7 +48,7 @@ export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: nu
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "beds-bench-"))
   try {
     const perAck: Array<EmbeddedResult["perAck"][number]> = []
-    let s = await open(dir)
+    const s = await open(dir)
     const client = await Effect.runPromise(EmbeddedClient.make(s.engine, { inFlight: 100_000 }))
     for (const ack of ["none", "append", "full"] as const) {
       const bar = progress(`embedded ${ack}`, n)
@@ -79,36 +83,70 @@ export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: nu
     }
     await s.close()
 
-    // Fill the depot up to `rebuildEvents` through the store directly (fast), then time a cold start.
-    const fill = await Effect.runPromise(
-      Effect.gen(function* () {
-        const store = yield* DepotStore
-        yield* store.open([accounts])
-        let total = 0
-        for (let p = 0; p < accounts.partitions; p++) total += yield* store.head("accounts", p)
-        const bar = progress("filling the depot", rebuildEvents)
-        // Each key in the partition the engine would route it to, as every append through the engine is.
-        for (let i = total; i < rebuildEvents; i += 4000) {
-          const byPartition = Array.from({ length: accounts.partitions }, () => [] as Array<AppendRequest>)
-          for (let j = i; j < Math.min(i + 4000, rebuildEvents); j++) {
-            const key = `acc-${j % 10_000}`
-            byPartition[partitionOf(key, accounts.partitions)]?.push({
-              messageId: `fill-${j}`,
-              type: "Deposited",
-              key,
-              payload: { amount: 7 },
-              time: Date.now(),
-            })
-          }
-          for (let p = 0; p < accounts.partitions; p++) yield* store.append("accounts", p, byPartition[p] ?? [])
-          bar.update(Math.min(i + 4000, rebuildEvents))
+    await fill(dir, rebuildEvents, 10_000)
+    const { events, seconds } = await coldStart(dir, [balances], 10_000)
+    const rebuild = { events, seconds, perSec: events / seconds, rssMb: peakRssMb() }
+
+    // REC documents cost more to fold than rows: every write of one is checked as MongoDB would
+    // check it. A depot whose keys reach the ledger's 200 kept entries, cold-started with and
+    // without the ledger topology, side by side.
+    const recDir = fs.mkdtempSync(path.join(os.tmpdir(), "beds-bench-rec-"))
+    try {
+      await fill(recDir, REC_EVENTS, REC_KEYS)
+      const alone = await coldStart(recDir, [balances], REC_KEYS)
+      const withLedger = await coldStart(recDir, [balances, ledger], REC_KEYS)
+      const rec = {
+        events: REC_EVENTS,
+        balancesPerSec: REC_EVENTS / alone.seconds,
+        ledgerPerSec: REC_EVENTS / withLedger.seconds,
+      }
+      return { perAck, rebuild, rec }
+    } finally {
+      fs.rmSync(recDir, { recursive: true, force: true })
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+const REC_EVENTS = 50_000
+/** 250 events per account: past the 200 entries the ledger keeps. */
+const REC_KEYS = 200
+
+/** Appends Deposited events to the accounts depot in `dir` up to `events`, over `keys` accounts, through the store directly (fast). */
+const fill = (dir: string, events: number, keys: number) =>
+  Effect.runPromise(
+    Effect.gen(function* () {
+      const store = yield* DepotStore
+      yield* store.open([accounts])
+      let total = 0
+      for (let p = 0; p < accounts.partitions; p++) total += yield* store.head("accounts", p)
+      const bar = progress("filling the depot", events)
+      // Each key in the partition the engine would route it to, as every append through the engine is.
+      for (let i = total; i < events; i += 4000) {
+        const byPartition = Array.from({ length: accounts.partitions }, () => [] as Array<AppendRequest>)
+        for (let j = i; j < Math.min(i + 4000, events); j++) {
+          const key = `acc-${j % keys}`
+          byPartition[partitionOf(key, accounts.partitions)]?.push({
+            messageId: `fill-${j}`,
+            type: "Deposited",
+            key,
+            payload: { amount: 7 },
+            time: Date.now(),
+          })
         }
-        bar.stop()
-      }).pipe(Effect.provide(FileDepot.layer(dir)), Effect.scoped),
-    )
-    void fill
-    const t0 = performance.now()
-    s = await open(dir)
+        for (let p = 0; p < accounts.partitions; p++) yield* store.append("accounts", p, byPartition[p] ?? [])
+        bar.update(Math.min(i + 4000, events))
+      }
+      bar.stop()
+    }).pipe(Effect.provide(FileDepot.layer(dir)), Effect.scoped),
+  )
+
+/** Starts an engine on the depot in `dir` and times it until its topologies have caught up; checks the balance rows of `keys` accounts. */
+const coldStart = async (dir: string, topologies: ReadonlyArray<Topology>, keys: number) => {
+  const t0 = performance.now()
+  const s = await open(dir, topologies)
+  try {
     await Effect.runPromise(s.engine.settle())
     const seconds = (performance.now() - t0) / 1000
     const status = await Effect.runPromise(s.engine.status())
@@ -116,11 +154,10 @@ export const runEmbedded = async (n: number, inFlight: number, rebuildEvents: nu
     const rows = await Effect.runPromise(
       Effect.flatMap(ReadModelStore, (m) => m.scan("acc_balance")).pipe(Effect.provideContext(s.ctx)),
     )
-    if (rows.length !== 10_000) throw new Error(`rebuild produced ${rows.length} rows, expected 10000`)
-    await s.close()
-    return { perAck, rebuild: { events, seconds, perSec: events / seconds, rssMb: peakRssMb() } }
+    if (rows.length !== keys) throw new Error(`rebuild produced ${rows.length} balance rows, expected ${keys}`)
+    return { events, seconds }
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true })
+    await s.close()
   }
 }
 
@@ -135,5 +172,8 @@ export const printEmbedded = (r: EmbeddedResult) => {
     )
   console.log(
     `  rebuild at start: ${fmt(r.rebuild.events)} events in ${fmt(r.rebuild.seconds, 2)} s = ${fmt(r.rebuild.perSec)} events/s (target >= 300,000); peak RSS ${fmt(r.rebuild.rssMb)} MB`,
+  )
+  console.log(
+    `  rebuild at start with ledger (REC documents of 200 entries), ${fmt(r.rec.events)} events: ${fmt(r.rec.ledgerPerSec)} events/s, against ${fmt(r.rec.balancesPerSec)} with balances alone (${fmt((100 * r.rec.ledgerPerSec) / r.rec.balancesPerSec, 1)} %)`,
   )
 }
