@@ -71,16 +71,26 @@ export const describeKey = (key: RowKey): string => `(${key.map((k) => JSON.stri
 
 /**
  * Makes any string usable as a MongoDB field name, reversibly: `.` would be
- * read as a path and a leading `$` as an operator, and NUL cannot be stored
- * at all. `%` escapes, so every other key is stored as it is. The empty key
- * becomes a lone `%`, which no other key encodes to.
+ * read as a path and a leading `$` as an operator, NUL cannot be stored at
+ * all, and the driver refuses to serialize an object with a `_bsontype` key,
+ * taking it for one of its own types. `%` escapes, so every other key is
+ * stored as it is. The empty key becomes a lone `%`, which no other key
+ * encodes to.
  */
 export const encodeKey = (key: string): string =>
-  key === "" ? "%" : key.replace(/[%.$\0]/g, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, "0").toUpperCase()}`)
+  key === ""
+    ? "%"
+    : key === BSON_TYPE_KEY
+      ? "%5Fbsontype"
+      : key.replace(/[%.$\0]/g, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, "0").toUpperCase()}`)
+
+const BSON_TYPE_KEY = "_bsontype"
 
 /** The inverse of encodeKey. */
 export const decodeKey = (name: string): string =>
-  name === "%" ? "" : name.replace(/%(25|2E|24|00)/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)))
+  name === "%"
+    ? ""
+    : name.replace(/%(25|2E|24|00|5F)/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)))
 
 const encodeJson = (v: unknown): unknown => {
   if (typeof v !== "object" || v === null) return v

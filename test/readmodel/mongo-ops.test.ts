@@ -196,7 +196,11 @@ const throughBson = (d: Document): Document => BSON.deserialize(BSON.serialize(d
 
 describe("field names from data", () => {
   it("escapes what MongoDB reads as paths or operators, and NUL, reversibly", () => {
-    expect(["", "a.b", "$set", "%", "\u0000", "plain", "ключ", "a$b"].map(encodeKey)).toEqual([
+    expect(
+      ["", "a.b", "$set", "%", "\u0000", "plain", "ключ", "a$b", "_bsontype", "_bsontype_", "%5Fbsontype"].map(
+        encodeKey,
+      ),
+    ).toEqual([
       "%",
       "a%2Eb",
       "%24set",
@@ -205,6 +209,9 @@ describe("field names from data", () => {
       "plain",
       "ключ",
       "a%24b",
+      "%5Fbsontype",
+      "_bsontype_",
+      "%255Fbsontype",
     ])
   })
 
@@ -214,6 +221,7 @@ describe("field names from data", () => {
     expect(name).not.toBe("")
     expect(name.startsWith("$")).toBe(false)
     expect(name.includes(".") || name.includes("\u0000")).toBe(false)
+    expect(name).not.toBe("_bsontype")
   })
 })
 
@@ -266,8 +274,9 @@ describe("documents", () => {
         ["__proto__", 1],
         ["constructor", 2],
         ["x\u0000y", 3],
+        ["_bsontype", 4],
       ]),
-      j: JSON.parse('{"__proto__": {"a": 1}, "$ref": "r", "$id": 1}'),
+      j: JSON.parse('{"__proto__": {"a": 1}, "$ref": "r", "$id": 1, "_bsontype": "Long", "n": {"_bsontype": 5}}'),
       [LAST_EVENT_COLUMN]: ID,
     })
     const back = fromDocument(doc, throughBson(toDocument(doc, ["x"], r)))
