@@ -384,7 +384,7 @@ export const guard = (cp: CheckpointId, next: number): Document => ({ [positionP
 // ---------------------------------------------------------------------------
 // A batch: checked, then planned against what is stored.
 
-/** A write checked against its template, with its document ready. */
+/** A write checked against its template. */
 export interface Prepared {
   readonly template: Template
   /** The canonical key. */
@@ -393,8 +393,6 @@ export interface Prepared {
   readonly id: string
   /** The canonical row; null deletes. */
   readonly row: Row | null
-  /** The row's document without `_beds`; null deletes. */
-  readonly doc: Document | null
 }
 
 /**
@@ -422,7 +420,7 @@ export const prepareBatch = (
       return problem(`Commit refused: ${w.template} row ${describeKey(k.value)} is written twice in one batch.`)
     seen.add(touch)
     if (w.row === null) {
-      out.push({ template, key: k.value, id, row: null, doc: null })
+      out.push({ template, key: k.value, id, row: null })
       continue
     }
     const r = checkRow(template, w.row)
@@ -434,7 +432,7 @@ export const prepareBatch = (
       )
     const size = checkDocumentSize(template, k.value, r.value)
     if (!size.ok) return problem(`Commit refused: ${size.problem}. Nothing was written.`)
-    out.push({ template, key: k.value, id, row: r.value, doc: toDocument(template, k.value, r.value) })
+    out.push({ template, key: k.value, id, row: r.value })
   }
   return ok(out)
 }
@@ -501,14 +499,14 @@ export const planBatch = (
       g.applied++
       continue
     }
-    if (p.doc === null) {
+    if (p.row === null) {
       if (exists) g.deletes.push(p)
     } else (exists ? g.updates : g.inserts).push(p)
   }
   const path = positionPath(cp)
   const filter = (p: Prepared): Document => ({ _id: idOf(p.template, p.key), ...guard(cp, next) })
   const update = (p: Prepared): Document => {
-    const { _id, ...fields } = p.doc as Document
+    const { _id, ...fields } = toDocument(p.template, p.key, p.row as Row)
     return { $set: { ...fields, [path]: Long.fromNumber(next) } }
   }
   return [...groups.values()].map((g) => {

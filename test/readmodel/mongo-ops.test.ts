@@ -646,12 +646,12 @@ describe("planBatch", () => {
         expect(normalize(now)).toEqual(normalize(old))
         continue
       }
-      if (write.doc === null) {
+      if (write.row === null) {
         expect(now).toBeUndefined()
         continue
       }
       const { _beds: _, ...fields } = now as Document
-      expect(normalize(fields)).toEqual(normalize(write.doc))
+      expect(normalize(fields)).toEqual(normalize(toDocument(doc, write.key, write.row)))
       expect(positionOf(now as Document, cp)).toBe(NEXT)
       // Another stream's position survives the write.
       expect(positionOf(now as Document, other)).toEqual(old === undefined ? undefined : positionOf(old, other))
