@@ -69,6 +69,8 @@ export const describeKey = (key: RowKey): string => `(${key.map((k) => JSON.stri
 // ---------------------------------------------------------------------------
 // Field names from data: map keys and the keys of json objects.
 
+const BSON_TYPE_KEY = "_bsontype"
+
 /**
  * Makes any string usable as a MongoDB field name, reversibly: `.` would be
  * read as a path and a leading `$` as an operator, NUL cannot be stored at
@@ -83,8 +85,6 @@ export const encodeKey = (key: string): string =>
     : key === BSON_TYPE_KEY
       ? "%5Fbsontype"
       : key.replace(/[%.$\0]/g, (c) => `%${c.charCodeAt(0).toString(16).padStart(2, "0").toUpperCase()}`)
-
-const BSON_TYPE_KEY = "_bsontype"
 
 /** The inverse of encodeKey. */
 export const decodeKey = (name: string): string =>
@@ -231,8 +231,8 @@ export const fromDocument = (template: Template, doc: Document): Row => {
 }
 
 // Sizes as BSON, counted from the canonical row without building its document:
-// the memory store checks every write of a REC row, and a document of a few
-// hundred list items costs ten times more to build and measure than to count.
+// every write of a REC row is checked, and building a document of a few
+// hundred list items only to measure it cost more than checking the row.
 // The counts follow the BSON spec; a property test holds them to the driver's
 // calculateObjectSize of toDocument.
 
