@@ -223,12 +223,14 @@ export const replayCommand = () =>
 
       const fiber = Effect.runFork(program)
       let interrupted = false
+      // Handled every time, so that a repeated signal does not kill the replay halfway through stopping.
       const stop = () => {
+        if (interrupted) return
         interrupted = true
         Effect.runFork(Fiber.interrupt(fiber))
       }
-      process.once("SIGINT", stop)
-      process.once("SIGTERM", stop)
+      process.on("SIGINT", stop)
+      process.on("SIGTERM", stop)
       const exit = await Effect.runPromise(Fiber.await(fiber))
       process.off("SIGINT", stop)
       process.off("SIGTERM", stop)

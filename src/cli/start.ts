@@ -32,14 +32,19 @@ export const startCommand = () =>
           const loaded = yield* configOf(root)
           const scope = yield* Scope.make()
           const stop = yield* Deferred.make<string>()
+          let stopping = false
           const onSignal = (sig: string) => {
+            // A repeated signal (a terminal and a supervisor both sending one, say) must not cut
+            // the shutdown short: it is noted, and SIGKILL remains for stopping at once.
+            if (stopping) return log(`beds: ${sig} received again; still stopping (SIGKILL stops at once)`)
+            stopping = true
             Effect.runFork(Deferred.succeed(stop, sig))
             // The stdio transport ends when its input does: closing stdin lets it finish the
             // commands in flight, write their replies and return, like the AMQP consumers.
             process.stdin.push(null)
           }
-          process.once("SIGINT", () => onSignal("SIGINT"))
-          process.once("SIGTERM", () => onSignal("SIGTERM"))
+          process.on("SIGINT", () => onSignal("SIGINT"))
+          process.on("SIGTERM", () => onSignal("SIGTERM"))
 
           const exit = yield* Effect.exit(
             Effect.gen(function* () {
