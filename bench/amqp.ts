@@ -23,9 +23,8 @@ import * as path from "node:path"
 import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
 import * as amqp from "amqplib"
-import * as mariadb from "mariadb"
 import * as AmqpClient from "../src/client/amqp.ts"
-import { fmt, percentile, progress } from "./support.ts"
+import { dropDatabase, fmt, percentile, progress } from "./support.ts"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const URL = "amqp://guest:guest@127.0.0.1:5672"
@@ -268,9 +267,7 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     const consumed = (i: number) => publishConfirmed(sink, i, command)
 
     // BEDS: an engine process on RabbitMQ + MariaDB.
-    const admin = await mariadb.createConnection({ host: "127.0.0.1", user: "root" })
-    await admin.query("DROP DATABASE IF EXISTS beds_bench_amqp")
-    await admin.end()
+    await dropDatabase("beds_bench_amqp")
     const engine = await start(process.execPath, [path.join(root, "bin/beds.js"), "start"], {
       ...process.env,
       BEDS_ENV: "dev",
@@ -380,6 +377,7 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
   } finally {
     for (const close of closers) await close().catch(() => undefined)
     for (const server of servers) await stop(server)
+    for (const database of ["beds_bench_amqp", "beds_bench_rpc"]) await dropDatabase(database).catch(() => undefined)
   }
 }
 

@@ -15,7 +15,7 @@ import * as MariaDbModels from "../src/readmodel/mariadb.ts"
 import { engineOptions } from "../src/runtime/boot.ts"
 import { loadTemplates } from "../src/template/load.ts"
 import { withEngineContext } from "./engine-context.ts"
-import { driveCallbacks, fmt, peakRssMb, progress } from "./support.ts"
+import { driveCallbacks, dropDatabase, fmt, peakRssMb, progress } from "./support.ts"
 
 const settings: MariaDb.MariaDbSettings = {
   host: "127.0.0.1",
@@ -97,9 +97,7 @@ const rawInsert = async (n: number) => {
  * batch_max × partitions), as the baseline inserts 1000 rows per transaction.
  */
 export const runFoundation = async (n: number, inFlightOption?: number): Promise<FoundationResult> => {
-  const admin = await mariadb.createConnection({ host: settings.host, port: settings.port, user: settings.user })
-  await admin.query("DROP DATABASE IF EXISTS beds_bench")
-  await admin.end()
+  await dropDatabase(settings.database)
   const templates = await Effect.runPromise(loadTemplates("templates"))
   // The engine as config/ sets it up (batch sizes, linger, kept rows; BEDS__TOPOLOGY__* variables apply).
   const options = engineOptions((await Effect.runPromise(loadConfig())).config)
@@ -182,6 +180,7 @@ export const runFoundation = async (n: number, inFlightOption?: number): Promise
     }
   } finally {
     await Effect.runPromise(Scope.close(scope, Exit.void))
+    await dropDatabase(settings.database).catch(() => undefined)
   }
 }
 

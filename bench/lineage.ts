@@ -34,7 +34,7 @@ import * as MariaDb from "../src/mariadb/client.ts"
 import * as MemoryModels from "../src/readmodel/memory.ts"
 import { ReadModelStore } from "../src/readmodel/store.ts"
 import type { Declarations } from "../src/runtime/engine.ts"
-import { fillEvents, fmt, peakRssMb, progress, summarize } from "./support.ts"
+import { dropDatabase, fillEvents, fmt, peakRssMb, progress, summarize } from "./support.ts"
 
 const settings: MariaDb.MariaDbSettings = {
   host: "127.0.0.1",
@@ -239,15 +239,7 @@ const rawRead = async (conn: mariadb.Connection, heads: ReadonlyArray<number>): 
 }
 
 export const runLineageBench = async (n: number, reps: number, scatteredReps: number): Promise<LineageBenchResult> => {
-  const dropDatabase = async () => {
-    const admin = await mariadb.createConnection({ host: settings.host, port: settings.port, user: settings.user })
-    try {
-      await admin.query(`DROP DATABASE IF EXISTS ${settings.database}`)
-    } finally {
-      await admin.end()
-    }
-  }
-  await dropDatabase()
+  await dropDatabase(settings.database)
   const scope = await Effect.runPromise(Scope.make())
   try {
     const ctx = await Effect.runPromise(Layer.buildWithScope(MariaDb.layer(settings), scope))
@@ -364,7 +356,7 @@ export const runLineageBench = async (n: number, reps: number, scatteredReps: nu
     }
   } finally {
     await Effect.runPromise(Scope.close(scope, Exit.void))
-    await dropDatabase().catch(() => undefined)
+    await dropDatabase(settings.database).catch(() => undefined)
   }
 }
 

@@ -25,7 +25,7 @@ import { ReadModelStore, type ReadModelStoreShape } from "../src/readmodel/store
 import { type ReplayProgress, type ReplaySummary, replay } from "../src/replay/replay.ts"
 import type { Declarations } from "../src/runtime/engine.ts"
 import { loadTemplates } from "../src/template/load.ts"
-import { fillEvents, fmt, peakRssMb, progress } from "./support.ts"
+import { dropDatabase, fillEvents, fmt, peakRssMb, progress } from "./support.ts"
 
 const settings: MariaDb.MariaDbSettings = {
   host: "127.0.0.1",
@@ -168,9 +168,7 @@ export const runReplayBench = async (n: number): Promise<ReplayBenchResult> => {
   const templates = await Effect.runPromise(loadTemplates("templates"))
   const declarations: Declarations = { depots: [accounts], topologies: [balances], templates }
 
-  const admin = await mariadb.createConnection({ host: settings.host, port: settings.port, user: settings.user })
-  await admin.query(`DROP DATABASE IF EXISTS ${settings.database}`)
-  await admin.end()
+  await dropDatabase(settings.database)
   const scope = await Effect.runPromise(Scope.make())
   try {
     const ctx = await Effect.runPromise(Layer.buildWithScope(MariaDb.layer(settings), scope))
@@ -254,6 +252,7 @@ export const runReplayBench = async (n: number): Promise<ReplayBenchResult> => {
     }
   } finally {
     await Effect.runPromise(Scope.close(scope, Exit.void))
+    await dropDatabase(settings.database).catch(() => undefined)
   }
 }
 
