@@ -431,6 +431,39 @@ describe("step topologies writing REC rows", () => {
     expect(rows).toMatchObject([{ id: "d", n: 7, tags: ["a", "b", "d"], items: [{ q: 0 }, { q: 1 }] }])
   })
 
+  it("a step that changes a row it read back fails that event, and the stored document stays as it was", async () => {
+    const mutator = Topology.make({
+      name: "tagger",
+      sources: [counters],
+      readModels: ["tag_doc"],
+      onFailure: "park",
+      step: Topology.matchStep(counters, {
+        Noted: (p, event, ctx) => {
+          ctx.put("tag_doc", { id: event.key, tags: [p.text], items: [{ q: 0 }] })
+          // The row just staged, read back in the same batch: changing it would change what is written.
+          if (p.text === "d") (ctx.get("tag_doc", event.key)?.items as Array<{ q: number }>).push({ q: 99 })
+        },
+      }),
+    })
+    const s = await stores()
+    const parked = await Effect.runPromise(
+      withEngine(
+        s,
+        { depots: [counters, echoes], topologies: [mutator], templates: [tagTpl] },
+        (engine) =>
+          Effect.gen(function* () {
+            for (const [i, text] of ["c", "d"].entries())
+              yield* engine.publish("counters", "Noted", "d", { text }, { id: `n${i}`, ack: "full" })
+            return (yield* engine.status()).streams[0]?.parked ?? []
+          }),
+        fastRetries,
+      ),
+    )
+    expect(parked).toMatchObject([{ offset: 1 }])
+    expect(parked[0]?.error).toMatch(/not extensible|read.only|frozen/)
+    expect(await Effect.runPromise(s.models.scan("tag_doc"))).toMatchObject([{ tags: ["c"], items: [{ q: 0 }] }])
+  })
+
   it("a row its template refuses fails that event, naming the value, and the park policy goes on", async () => {
     const { replies, parked, rows } = await run(["c", "toolong", "d"])
     expect(replies.map((r) => r.ok)).toEqual([true, true, true])
