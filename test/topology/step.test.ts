@@ -441,7 +441,7 @@ describe("step topologies writing REC rows", () => {
         Noted: (p, event, ctx) => {
           ctx.put("tag_doc", { id: event.key, tags: [p.text], items: [{ q: 0 }] })
           // The row just staged, read back in the same batch: changing it would change what is written.
-          if (p.text === "d") (ctx.get("tag_doc", event.key)?.items as Array<{ q: number }>).push({ q: 99 })
+          if (p.text === "d") ((ctx.get("tag_doc", event.key) as Row).items as Array<{ q: number }>).push({ q: 99 })
         },
       }),
     })
