@@ -14,7 +14,7 @@ import type { Declarations } from "../../src/runtime/engine.ts"
 import { loadTemplates } from "../../src/template/load.ts"
 import { LAST_EVENT_COLUMN, type Row, type Template } from "../../src/template/template.ts"
 import { fastRetries, memoryStores, withEngine } from "../support/engine.ts"
-import { depotEvents } from "../support/engine-properties.ts"
+import { depotEvents, publishAccountCommands } from "../support/engine-properties.ts"
 
 let declarations: Declarations
 beforeAll(async () => {
@@ -60,18 +60,7 @@ describe("ledger", () => {
             declarations,
             (engine) =>
               Effect.gen(function* () {
-                yield* Effect.forEach(
-                  commands,
-                  (c, i) =>
-                    engine.publish(
-                      "accounts",
-                      c.type,
-                      c.key,
-                      c.type === "Opened" ? { owner: `o-${c.key}` } : c.type === "Closed" ? {} : { amount: c.amount },
-                      { id: `m${i}`, ack: "none" },
-                    ),
-                  { concurrency: 8 },
-                )
+                yield* publishAccountCommands(engine, commands, { concurrency: 8, ack: "none" })
                 yield* engine.settle()
                 return [yield* s.models.scan("ldg_account"), yield* depotEvents(s.depot, declarations)] as const
               }),

@@ -10,7 +10,7 @@ import type { Event } from "../../src/depot/event.ts"
 import type { DepotStoreShape } from "../../src/depot/store.ts"
 import { StoreError } from "../../src/errors.ts"
 import type { ReadModelStoreShape } from "../../src/readmodel/store.ts"
-import { type Declarations, defaultOptions, type EngineOptions } from "../../src/runtime/engine.ts"
+import { type Declarations, defaultOptions, type EngineOptions, type EngineShape } from "../../src/runtime/engine.ts"
 import { keyId } from "../../src/template/template.ts"
 import { EngineModel } from "../../src/testing/model.ts"
 import { fold } from "../../src/topology/fold.ts"
@@ -54,6 +54,32 @@ export const historyArbitrary = fc.array(command(40), { minLength: 1, maxLength:
     }),
   ),
 )
+
+/** A generated command of the accounts depot, with no id or ack of its own. */
+export interface AccountCommand {
+  readonly type: "Opened" | "Deposited" | "Withdrawn" | "Closed"
+  readonly key: string
+  readonly amount: number
+}
+
+/** Publishes account commands with ids m0, m1, ..., `concurrency` at a time, at one ack level (default append). */
+export const publishAccountCommands = (
+  engine: EngineShape,
+  commands: ReadonlyArray<AccountCommand>,
+  options: { readonly concurrency: number; readonly ack?: "none" | "append" | "full" },
+) =>
+  Effect.forEach(
+    commands,
+    (c, i) =>
+      engine.publish(
+        "accounts",
+        c.type,
+        c.key,
+        c.type === "Opened" ? { owner: `o-${c.key}` } : c.type === "Closed" ? {} : { amount: c.amount },
+        { id: `m${i}`, ...(options.ack === undefined ? {} : { ack: options.ack }) },
+      ),
+    { concurrency: options.concurrency, discard: true },
+  )
 
 /** Every event of the declared depots, partition by partition. */
 export const depotEvents = (store: DepotStoreShape, declarations: Declarations) =>
