@@ -18,7 +18,7 @@ import { keyId, type Row, type Template } from "../../src/template/template.ts"
 import { fold } from "../../src/topology/fold.ts"
 import * as Topology from "../../src/topology/topology.ts"
 import { fastRetries, memoryStores as stores, waitUntil, withEngine } from "../support/engine.ts"
-import { depotEvents } from "../support/engine-properties.ts"
+import { depotEvents, publishAccountCommands } from "../support/engine-properties.ts"
 
 const counters = Depot.make({
   name: "counters",
@@ -116,18 +116,7 @@ describe("step topologies", () => {
               d,
               (engine) =>
                 Effect.gen(function* () {
-                  yield* Effect.forEach(
-                    commands,
-                    (c, i) =>
-                      engine.publish(
-                        "accounts",
-                        c.type,
-                        c.key,
-                        c.type === "Opened" ? { owner: `o-${c.key}` } : c.type === "Closed" ? {} : { amount: c.amount },
-                        { id: `m${i}` },
-                      ),
-                    { concurrency: 4 },
-                  )
+                  yield* publishAccountCommands(engine, commands, { concurrency: 4 })
                   yield* engine.settle()
                   return [yield* s.models.scan("acc_balance"), yield* depotEvents(s.depot, d)] as const
                 }),
@@ -386,29 +375,30 @@ describe("step topologies writing REC rows", () => {
       ),
     )
   })
-  const tagger = Topology.make({
-    name: "tagger",
-    sources: [counters],
-    readModels: ["tag_doc"],
-    onFailure: "park",
-    step: Topology.matchStep(counters, {
-      Noted: (p, event, ctx) => {
-        const items = (ctx.get("tag_doc", event.key)?.items ?? []) as ReadonlyArray<{ q: number }>
-        ctx.put("tag_doc", { id: event.key, tags: [p.text, "b", "a", "b"], items: [...items, { q: items.length }] })
-        const back = ctx.get("tag_doc", event.key) as Row
-        ctx.reply({
-          back,
-          frozen: [back, back.tags, back.items, ...(back.items as Array<object>)].every(Object.isFrozen),
-        })
-      },
-    }),
+  /** A step topology over tag_doc that parks the events it fails. */
+  const tagging = (noted: (p: { readonly text: string }, event: Event, ctx: Topology.StepContext) => void) =>
+    Topology.make({
+      name: "tagger",
+      sources: [counters],
+      readModels: ["tag_doc"],
+      onFailure: "park",
+      step: Topology.matchStep(counters, { Noted: noted }),
+    })
+  const tagger = tagging((p, event, ctx) => {
+    const items = (ctx.get("tag_doc", event.key)?.items ?? []) as ReadonlyArray<{ q: number }>
+    ctx.put("tag_doc", { id: event.key, tags: [p.text, "b", "a", "b"], items: [...items, { q: items.length }] })
+    const back = ctx.get("tag_doc", event.key) as Row
+    ctx.reply({
+      back,
+      frozen: [back, back.tags, back.items, ...(back.items as Array<object>)].every(Object.isFrozen),
+    })
   })
-  const run = (texts: ReadonlyArray<string>) =>
+  const run = (texts: ReadonlyArray<string>, topology: Topology.Topology = tagger) =>
     stores().then(async (s) => {
       const replies = await Effect.runPromise(
         withEngine(
           s,
-          { depots: [counters, echoes], topologies: [tagger], templates: [tagTpl] },
+          { depots: [counters, echoes], topologies: [topology], templates: [tagTpl] },
           (engine) =>
             Effect.gen(function* () {
               const replies = yield* Effect.forEach(texts, (text, i) =>
@@ -432,36 +422,15 @@ describe("step topologies writing REC rows", () => {
   })
 
   it("a step that changes a row it read back fails that event, and the stored document stays as it was", async () => {
-    const mutator = Topology.make({
-      name: "tagger",
-      sources: [counters],
-      readModels: ["tag_doc"],
-      onFailure: "park",
-      step: Topology.matchStep(counters, {
-        Noted: (p, event, ctx) => {
-          ctx.put("tag_doc", { id: event.key, tags: [p.text], items: [{ q: 0 }] })
-          // The row just staged, read back in the same batch: changing it would change what is written.
-          if (p.text === "d") ((ctx.get("tag_doc", event.key) as Row).items as Array<{ q: number }>).push({ q: 99 })
-        },
-      }),
+    const mutator = tagging((p, event, ctx) => {
+      ctx.put("tag_doc", { id: event.key, tags: [p.text], items: [{ q: 0 }] })
+      // The row just staged, read back in the same batch: changing it would change what is written.
+      if (p.text === "d") ((ctx.get("tag_doc", event.key) as Row).items as Array<{ q: number }>).push({ q: 99 })
     })
-    const s = await stores()
-    const parked = await Effect.runPromise(
-      withEngine(
-        s,
-        { depots: [counters, echoes], topologies: [mutator], templates: [tagTpl] },
-        (engine) =>
-          Effect.gen(function* () {
-            for (const [i, text] of ["c", "d"].entries())
-              yield* engine.publish("counters", "Noted", "d", { text }, { id: `n${i}`, ack: "full" })
-            return (yield* engine.status()).streams[0]?.parked ?? []
-          }),
-        fastRetries,
-      ),
-    )
+    const { parked, rows } = await run(["c", "d"], mutator)
     expect(parked).toMatchObject([{ offset: 1 }])
     expect(parked[0]?.error).toMatch(/not extensible|read.only|frozen/)
-    expect(await Effect.runPromise(s.models.scan("tag_doc"))).toMatchObject([{ tags: ["c"], items: [{ q: 0 }] }])
+    expect(rows).toMatchObject([{ tags: ["c"], items: [{ q: 0 }] }])
   })
 
   it("a row its template refuses fails that event, naming the value, and the park policy goes on", async () => {
