@@ -331,18 +331,16 @@ const checkMember = (where: Where, field: Field, given: unknown): Checked<unknow
  */
 class Path {
   readonly parent: Where
-  /** An index, a declared field's name, or a map key. */
+  /** An index, a field's name (always an identifier), or a map key. */
   readonly step: number | string
-  readonly declared: boolean
-  constructor(parent: Where, step: number | string, declared: boolean) {
+  constructor(parent: Where, step: number | string) {
     this.parent = parent
     this.step = step
-    this.declared = declared
   }
   toString(): string {
     const { parent, step } = this
     if (typeof step === "number") return `${parent}[${step}]`
-    return this.declared || IDENTIFIER.test(step) ? `${parent}.${step}` : `${parent}[${JSON.stringify(step)}]`
+    return IDENTIFIER.test(step) ? `${parent}.${step}` : `${parent}[${JSON.stringify(step)}]`
   }
 }
 type Where = string | Path
@@ -383,7 +381,7 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
       if (!Array.isArray(value)) return bad(`is not a list: use an array`)
       const out: Array<unknown> = []
       for (let i = 0; i < value.length; i++) {
-        const c = checkElement(new Path(where, i, false), shape.of, value[i])
+        const c = checkElement(new Path(where, i), shape.of, value[i])
         if (!c.ok) return c
         out.push(c.value)
       }
@@ -394,7 +392,7 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
       if (members === undefined) return bad(`is not a set: use a Set or an array`)
       const out: Array<unknown> = []
       for (let i = 0; i < members.length; i++) {
-        const c = checkElement(new Path(where, i, false), shape.of, members[i])
+        const c = checkElement(new Path(where, i), shape.of, members[i])
         if (!c.ok) return c
         out.push(c.value)
       }
@@ -417,7 +415,7 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
         if (typeof k !== "string") return bad(`has the key ${describeValue(k)}; map keys are strings`)
         if (!isWellFormed(k)) return bad(`has a key with an unpaired UTF-16 surrogate, which UTF-8 cannot store`)
         if (v === undefined) continue
-        const c = checkElement(new Path(where, k, false), shape.of, v)
+        const c = checkElement(new Path(where, k), shape.of, v)
         if (!c.ok) return c
         out.push([k, c.value])
       }
@@ -431,11 +429,7 @@ const checkShaped = (where: Where, shape: Shape, value: unknown): Checked<unknow
       // declared names are identifiers (never __proto__), so plain assignment defines own fields
       const out: Record<string, unknown> = {}
       for (const f of shape.fields) {
-        const c = checkMember(
-          new Path(where, f.name, true),
-          f,
-          Object.hasOwn(given, f.name) ? given[f.name] : undefined,
-        )
+        const c = checkMember(new Path(where, f.name), f, Object.hasOwn(given, f.name) ? given[f.name] : undefined)
         if (!c.ok) return c
         out[f.name] = c.value
       }
