@@ -10,6 +10,10 @@
  *   (c0) the same with message_id alone, to show what the properties cost;
  *   (d) (c) with a consumer process that acks every message: not a
  *       target's baseline, but what the broker alone costs BEDS's `none`.
+ * `none` is driven twice: at a second engine process that serves the
+ * accounts depot alone (the write path the target is about: the issue ties
+ * the balances topology to `full` only), and at the engine with balances,
+ * whose projecting competes for the same two cores.
  * Servers run as their own processes, as the engine does. Every contender
  * first makes WARM_UP calls that are not measured; then the contenders take
  * turns over several rounds, and each ratio is BEDS over its baseline within
@@ -187,9 +191,10 @@ export interface AmqpResult {
   readonly bare: Rate
   readonly consumed: Rate
   /** `fullHalf`: one paced run per round, at half the rate `full` reached in that round. */
-  readonly beds: { none: Rate; append: Rate; full: Rate; fullHalf: ReadonlyArray<Rate> }
+  readonly beds: { noneDepot: Rate; none: Rate; append: Rate; full: Rate; fullHalf: ReadonlyArray<Rate> }
   /** Per round, BEDS over its baseline of the same round. */
   readonly ratios: {
+    noneDepot: ReadonlyArray<number>
     none: ReadonlyArray<number>
     noneOfBare: ReadonlyArray<number>
     noneOfConsumed: ReadonlyArray<number>
@@ -199,9 +204,28 @@ export interface AmqpResult {
     fullHalfP99: ReadonlyArray<number>
   }
   readonly engineRssMb: number
+  /** Of the second engine, which serves the depot alone. */
+  readonly depotEngineRssMb: number
 }
 
-type Contender = "echo" | "insert" | "confirms" | "bare" | "consumed" | "none" | "append" | "full"
+/** Broker names of the engine that serves the depot alone: its own, so that nothing else consumes them. */
+const DEPOT_ONLY_PREFIX = "bench-depot"
+
+/** Deletes what an engine declared under a prefix of the bench's own. */
+const deleteBrokerNames = async (prefix: string) => {
+  const conn = await amqp.connect(URL)
+  try {
+    const ch = await conn.createChannel()
+    for (let p = 0; p < 4; p++) await ch.deleteQueue(`${prefix}.cmd.accounts.${p}`)
+    await ch.deleteQueue(`${prefix}.dead`)
+    await ch.deleteExchange(`${prefix}.cmd.accounts`)
+    await ch.deleteExchange(`${prefix}.dlx`)
+  } finally {
+    await conn.close()
+  }
+}
+
+type Contender = "echo" | "insert" | "confirms" | "bare" | "consumed" | "noneDepot" | "none" | "append" | "full"
 
 /** A contender's calls of every round: rate over all of them, latency percentiles over all of them. */
 const pooled = (
@@ -266,28 +290,37 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     closers.unshift(() => confirmChannel.deleteQueue(sink))
     const consumed = (i: number) => publishConfirmed(sink, i, command)
 
-    // BEDS: an engine process on RabbitMQ + MariaDB.
-    await dropDatabase("beds_bench_amqp")
-    const engine = await start(process.execPath, [path.join(root, "bin/beds.js"), "start"], {
-      ...process.env,
-      BEDS_ENV: "dev",
-      BEDS__MARIADB__DATABASE: "beds_bench_amqp",
-      // The contract's comparison: the accounts depot with the balances topology only
-      // (BENCH_NO_TOPOLOGY: none, to see what the projection costs).
-      BEDS__ROLES__BENCH: `{ depots = ["accounts"], topologies = [${process.env.BENCH_NO_TOPOLOGY ? "" : '"balances"'}] }`,
-      BEDS__ENGINE__ROLE: "bench",
-    })
-    servers.push(engine)
-    const client = await AmqpClient.connect(URL, { connectionName: "beds bench" })
-    closers.unshift(() => client.close())
-    const beds = (ack: "none" | "append" | "full") => (i: number) =>
-      client
-        .publish("accounts", "Deposited", `acc-${i % 10_000}`, { amount: 1 + (i % 100) }, { ack, id: randomUUID() })
-        .then(() => undefined)
+    // BEDS: engine processes on RabbitMQ + MariaDB, each with a database and broker names of its own.
+    const engineAt = async (database: string, prefix: string, topologies: ReadonlyArray<string>) => {
+      await dropDatabase(database)
+      const child = await start(process.execPath, [path.join(root, "bin/beds.js"), "start"], {
+        ...process.env,
+        BEDS_ENV: "dev",
+        BEDS__MARIADB__DATABASE: database,
+        BEDS__AMQP__PREFIX: prefix,
+        BEDS__ROLES__BENCH: `{ depots = ["accounts"], topologies = [${topologies.map((t) => `"${t}"`).join(", ")}] }`,
+        BEDS__ENGINE__ROLE: "bench",
+      })
+      servers.push(child)
+      const client = await AmqpClient.connect(URL, { prefix, connectionName: `beds bench (${prefix})` })
+      closers.unshift(() => client.close())
+      const call = (ack: "none" | "append" | "full") => (i: number) =>
+        client
+          .publish("accounts", "Deposited", `acc-${i % 10_000}`, { amount: 1 + (i % 100) }, { ack, id: randomUUID() })
+          .then(() => undefined)
+      const queues = Array.from({ length: 4 }, (_, p) => `${prefix}.cmd.accounts.${p}`)
+      return { child, call, queues }
+    }
+    // The contract's comparison: the accounts depot with the balances topology only
+    // (BENCH_NO_TOPOLOGY: none, to see what the projection costs).
+    const main = await engineAt("beds_bench_amqp", "beds", process.env.BENCH_NO_TOPOLOGY ? [] : ["balances"])
+    const engine = main.child
+    const beds = main.call
+    // The write path alone: the same depot, served by an engine with no topology.
+    const depotOnly = await engineAt("beds_bench_amqp_depot", DEPOT_ONLY_PREFIX, [])
     // `none` is answered by RabbitMQ's confirm, before the engine has taken the commands: wait
     // until it has, so that its work does not fall into the next contender's time.
-    const engineQueues = Array.from({ length: 4 }, (_, p) => `beds.cmd.accounts.${p}`)
-    const queuesDrained = async (queues: ReadonlyArray<string> = engineQueues) => {
+    const queuesDrained = async (queues: ReadonlyArray<string>) => {
       const ch = await conn.createChannel()
       try {
         for (let i = 0; i < 600; i++) {
@@ -309,6 +342,7 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       confirms,
       bare,
       consumed,
+      noneDepot: depotOnly.call("none"),
       none: beds("none"),
       append: beds("append"),
       full: beds("full"),
@@ -319,11 +353,22 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       confirms: "publish + confirm",
       bare: "publish + confirm, bare message",
       consumed: "publish + confirm + consume",
+      noneDepot: "BEDS none, depot only",
       none: "BEDS none",
       append: "BEDS append",
       full: "BEDS full",
     }
-    const order: ReadonlyArray<Contender> = ["echo", "insert", "confirms", "bare", "consumed", "none", "append", "full"]
+    const order: ReadonlyArray<Contender> = [
+      "echo",
+      "insert",
+      "confirms",
+      "bare",
+      "consumed",
+      "noneDepot",
+      "none",
+      "append",
+      "full",
+    ]
     const per = Math.max(1, Math.floor(n / rounds))
     // What a contender leaves behind is cleared before the next one starts, so that none of it
     // is done in another's time: (c)'s messages are purged (the broker then drops them from disk),
@@ -333,7 +378,8 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
         await confirmChannel.purgeQueue(q)
         await new Promise((r) => setTimeout(r, 300))
       }
-      if (c === "none") await queuesDrained()
+      if (c === "noneDepot") await queuesDrained(depotOnly.queues)
+      if (c === "none") await queuesDrained(main.queues)
       if (c === "consumed") await queuesDrained([sink])
     }
     for (const c of order) {
@@ -363,8 +409,15 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       confirms: pooled(runs.confirms),
       bare: pooled(runs.bare),
       consumed: pooled(runs.consumed),
-      beds: { none: pooled(runs.none), append: pooled(runs.append), full, fullHalf: halves },
+      beds: {
+        noneDepot: pooled(runs.noneDepot),
+        none: pooled(runs.none),
+        append: pooled(runs.append),
+        full,
+        fullHalf: halves,
+      },
       ratios: {
+        noneDepot: ratio("noneDepot", "confirms"),
         none: ratio("none", "confirms"),
         noneOfBare: ratio("none", "bare"),
         noneOfConsumed: ratio("none", "consumed"),
@@ -373,11 +426,14 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
         fullHalfP99: halves.map((h, i) => h.p99 / (runs.insert[i] as Measured).p99),
       },
       engineRssMb: peakRss(engine.pid),
+      depotEngineRssMb: peakRss(depotOnly.child.pid),
     }
   } finally {
     for (const close of closers) await close().catch(() => undefined)
     for (const server of servers) await stop(server)
-    for (const database of ["beds_bench_amqp", "beds_bench_rpc"]) await dropDatabase(database).catch(() => undefined)
+    await deleteBrokerNames(DEPOT_ONLY_PREFIX).catch(() => undefined)
+    for (const database of ["beds_bench_amqp", "beds_bench_amqp_depot", "beds_bench_rpc"])
+      await dropDatabase(database).catch(() => undefined)
   }
 }
 
@@ -391,7 +447,7 @@ export const printAmqp = (r: AmqpResult) => {
       }`,
     )
   console.log(
-    `\nAMQP write path (engine process on RabbitMQ + MariaDB, balances topology; ${r.rounds} interleaved rounds, median ratio of the rounds)`,
+    `\nAMQP write path (engine processes on RabbitMQ + MariaDB, with the balances topology unless said otherwise; ${r.rounds} interleaved rounds, median ratio of the rounds)`,
   )
   row("(a) raw RPC, direct reply-to, no work", r.echo)
   row("(b) raw RPC + group-commit INSERT", r.insert)
@@ -403,7 +459,11 @@ export const printAmqp = (r: AmqpResult) => {
     console.log(
       `  ${"".padEnd(44)}${pct(median(ratios)).padStart(9)} of ${baseline}; rounds ${ratios.map(pct).join(", ")}`,
     )
-  row("BEDS none", r.beds.none, { ratios: r.ratios.none, target: "of (c), target >= 80 %" })
+  row("BEDS none, depot only (the write path)", r.beds.noneDepot, {
+    ratios: r.ratios.noneDepot,
+    target: "of (c), target >= 80 %",
+  })
+  row("BEDS none, with balances", r.beds.none, { ratios: r.ratios.none, target: "of (c)" })
   alsoOf("(c0)", r.ratios.noneOfBare)
   alsoOf("(d)", r.ratios.noneOfConsumed)
   row("BEDS append", r.beds.append, { ratios: r.ratios.append, target: "of (b), target >= 70 %" })
@@ -413,5 +473,5 @@ export const printAmqp = (r: AmqpResult) => {
   console.log(
     `  p99 of full at half peak / p99 of (b): ${times(median(r.ratios.fullHalfP99))} (target <= 2x); rounds ${r.ratios.fullHalfP99.map(times).join(", ")}`,
   )
-  console.log(`  engine peak RSS ${fmt(r.engineRssMb)} MB`)
+  console.log(`  engine peak RSS ${fmt(r.engineRssMb)} MB (with balances), ${fmt(r.depotEngineRssMb)} MB (depot only)`)
 }
