@@ -27,6 +27,7 @@ import * as path from "node:path"
 import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
 import * as amqp from "amqplib"
+import * as Broker from "../src/broker/topology.ts"
 import * as AmqpClient from "../src/client/amqp.ts"
 import { dropDatabase, fmt, percentile, progress } from "./support.ts"
 
@@ -210,20 +211,6 @@ export interface AmqpResult {
 
 /** Broker names of the engine that serves the depot alone: its own, so that nothing else consumes them. */
 const DEPOT_ONLY_PREFIX = "bench-depot"
-
-/** Deletes what an engine declared under a prefix of the bench's own. */
-const deleteBrokerNames = async (prefix: string) => {
-  const conn = await amqp.connect(URL)
-  try {
-    const ch = await conn.createChannel()
-    for (let p = 0; p < 4; p++) await ch.deleteQueue(`${prefix}.cmd.accounts.${p}`)
-    await ch.deleteQueue(`${prefix}.dead`)
-    await ch.deleteExchange(`${prefix}.cmd.accounts`)
-    await ch.deleteExchange(`${prefix}.dlx`)
-  } finally {
-    await conn.close()
-  }
-}
 
 type Contender = "echo" | "insert" | "confirms" | "bare" | "consumed" | "noneDepot" | "none" | "append" | "full"
 
@@ -431,7 +418,10 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
   } finally {
     for (const close of closers) await close().catch(() => undefined)
     for (const server of servers) await stop(server)
-    await deleteBrokerNames(DEPOT_ONLY_PREFIX).catch(() => undefined)
+    await Broker.remove(URL, [{ name: "accounts", partitions: 4 }], {
+      prefix: DEPOT_ONLY_PREFIX,
+      deadLetters: true,
+    }).catch(() => undefined)
     for (const database of ["beds_bench_amqp", "beds_bench_amqp_depot", "beds_bench_rpc"])
       await dropDatabase(database).catch(() => undefined)
   }
