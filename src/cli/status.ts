@@ -4,10 +4,11 @@
  * topology, so it is safe beside a running engine.
  */
 import { Command } from "commander"
-import { Effect } from "effect"
+import { Effect, Result } from "effect"
 import { DepotStore } from "../depot/store.ts"
+import * as Router from "../readmodel/router.ts"
 import { ReadModelStore } from "../readmodel/store.ts"
-import { forRole, storesLayer } from "../runtime/boot.ts"
+import { forRole, keptBackends, storesLayer } from "../runtime/boot.ts"
 import * as Declarations from "../runtime/declarations.ts"
 import { configOf, rootOf } from "./context.ts"
 import { runCli } from "./run.ts"
@@ -36,43 +37,50 @@ export const statusCommand = () =>
                 (partitions) => ({ depot: d.name, partitions }),
               ),
             )
-            const memoryModels = loaded.config.engine.rel === "memory"
+            const kept = keptBackends(loaded.config)
+            const backendOf = new Map(decl.templates.map((t) => [t.name, t.backend]))
+            // A routing store learns where each template lives from `ensure`, which creates what is
+            // missing; status only reads, so it names them instead.
+            Router.declareTemplates(models, decl.templates)
             const topologies = yield* Effect.forEach(decl.topologies, (t) =>
-              Effect.map(
-                Effect.forEach(t.sources, (s) =>
-                  Effect.forEach(
-                    Array.from({ length: s.partitions }, (_, p) => p),
-                    (p) =>
-                      Effect.map(
-                        memoryModels
-                          ? Effect.succeed(undefined)
-                          : // peekCheckpoint never waits on (or trips) a replay's fence.
-                            (models.replay?.peekCheckpoint ?? models.checkpoint)({
-                              topology: t.name,
-                              depot: s.name,
-                              partition: p,
-                            }),
-                        (next) => {
-                          const head = depots.find((d) => d.depot === s.name)?.partitions[p]?.head ?? 0
-                          // Memory read models live inside a running engine: no stored checkpoint to show.
-                          return {
-                            depot: s.name,
-                            partition: p,
-                            checkpoint: next ?? null,
-                            lag: next === undefined ? null : head - next,
-                          }
-                        },
-                      ),
-                  ),
-                ),
-                (streams) => ({ topology: t.name, version: t.version, streams: streams.flat() }),
-              ),
+              Effect.gen(function* () {
+                // Read models in memory live inside a running engine, rebuilt at its start: no
+                // stored checkpoint to show.
+                const stored = t.readModels.every((m) => {
+                  const b = backendOf.get(m)
+                  return b !== undefined && kept[b]
+                })
+                const peek = models.replay?.peekCheckpoint ?? models.checkpoint
+                const streams = t.sources.flatMap((s) =>
+                  Array.from({ length: s.partitions }, (_, p) => ({ topology: t.name, depot: s.name, partition: p })),
+                )
+                // peekCheckpoint never waits on (or trips) a replay's fence. One topology whose
+                // checkpoints cannot be read does not hide the others'.
+                const read = stored ? yield* Effect.result(Effect.forEach(streams, (c) => peek(c))) : undefined
+                const unavailable = read !== undefined && Result.isFailure(read) ? read.failure.message : undefined
+                const nexts: ReadonlyArray<number> = read !== undefined && Result.isSuccess(read) ? read.success : []
+                const rows = streams.map((c, i) => {
+                  const next = nexts[i]
+                  const head = depots.find((d) => d.depot === c.depot)?.partitions[c.partition]?.head ?? 0
+                  return {
+                    depot: c.depot,
+                    partition: c.partition,
+                    checkpoint: next ?? null,
+                    lag: next === undefined ? null : head - next,
+                  }
+                })
+                return {
+                  topology: t.name,
+                  version: t.version,
+                  readModels: stored ? "stored" : "memory",
+                  ...(unavailable === undefined ? {} : { unavailable }),
+                  streams: rows,
+                }
+              }),
             )
-            return {
-              depots,
-              topologies,
-              readModels: memoryModels ? "memory (rebuilt at start)" : loaded.config.engine.rel,
-            }
+            const describe = (b: "rel" | "rec") =>
+              `${b.toUpperCase()} ${b === "rel" ? loaded.config.engine.rel : loaded.config.engine.rec}${kept[b] ? "" : " (rebuilt at start)"}`
+            return { depots, topologies, readModels: `${describe("rel")}, ${describe("rec")}` }
           }).pipe(Effect.provide(storesLayer(loaded, root, decl.topologies)), Effect.scoped)
           if (opts.json) {
             process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
@@ -84,7 +92,13 @@ export const statusCommand = () =>
             )
           for (const t of result.topologies)
             process.stdout.write(
-              `topology ${t.topology}@v${t.version}: ${t.streams.map((s) => (s.checkpoint === null ? `${s.depot}/p${s.partition} rebuilt at start` : `${s.depot}/p${s.partition} at ${s.checkpoint} lag ${s.lag}`)).join(", ")}\n`,
+              `topology ${t.topology}@v${t.version}: ${
+                t.unavailable !== undefined
+                  ? `checkpoints unavailable: ${t.unavailable}`
+                  : t.readModels === "memory"
+                    ? "read models in memory, rebuilt at start"
+                    : t.streams.map((s) => `${s.depot}/p${s.partition} at ${s.checkpoint} lag ${s.lag}`).join(", ")
+              }\n`,
             )
           process.stdout.write(`read models: ${result.readModels}\n`)
         }),

@@ -100,12 +100,22 @@ export const forRole = (decl: Decl, config: LoadedConfig["config"]): Decl => {
  * different backends, a router sends each template to its own (and keeps
  * a topology that writes both exactly-once; see readmodel/router.ts).
  */
+/**
+ * Which read-model backends keep their rows in a database; the others are in
+ * memory, inside the engine, and rebuilt from the depots at every start.
+ */
+export const keptBackends = (c: LoadedConfig["config"]): Readonly<Record<"rel" | "rec", boolean>> => ({
+  rel: c.engine.rel === "mariadb",
+  rec: c.engine.rec === "mongodb" && c.mongodb !== undefined,
+})
+
 export const storesLayer = (
   loaded: LoadedConfig,
   root: string,
   topologies?: ReadonlyArray<{ readonly name: string; readonly readModels: ReadonlyArray<string> }>,
 ) => {
   const c = loaded.config
+  const kept = keptBackends(c)
   // Layers are memoized by reference, so both adapters share one pool.
   const maria = MariaDb.layer(c.mariadb)
   const depot =
@@ -116,14 +126,14 @@ export const storesLayer = (
         : Layer.sync(DepotStore, MemoryDepot.make)
   const mongo = c.mongodb
   const rec =
-    c.engine.rec === "mongodb" && mongo !== undefined
+    kept.rec && mongo !== undefined
       ? MongoModels.backend({ url: mongo.url, database: mongo.database })
       : Router.memoryBackend
   const routed = { ...(topologies === undefined ? {} : { topologies }) }
   const models =
     c.engine.rel === "memory" && c.engine.rec === "memory"
       ? MemoryModels.layer
-      : c.engine.rel === "mariadb"
+      : kept.rel
         ? Router.layer({ rel: MariaDbModels.make, rec, ...routed }).pipe(Layer.provide(maria))
         : Router.layer({ rel: MemoryModels.make, rec, ...routed })
   return Layer.mergeAll(depot, models)
