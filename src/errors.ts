@@ -58,7 +58,14 @@ export class ConfigError extends Data.TaggedError("ConfigError")<{
  * (lost connection, deadlock: yes; constraint or syntax error: no).
  */
 export class StoreError extends Data.TaggedError("StoreError")<{
-  readonly code: "STORE_UNAVAILABLE" | "STORE_FAILED" | "FENCED" | "ROW_CONFLICT" | "SCHEMA_DRIFT" | "CORRUPT"
+  readonly code:
+    | "STORE_UNAVAILABLE"
+    | "STORE_FAILED"
+    | "LOGIN_REFUSED"
+    | "FENCED"
+    | "ROW_CONFLICT"
+    | "SCHEMA_DRIFT"
+    | "CORRUPT"
   readonly message: string
   readonly retryable: boolean
   readonly cause?: unknown

@@ -90,7 +90,7 @@ export interface TopologyOptions {
 
 /** Declaring the topology failed; `message` says what to do about it. */
 export class TopologyError extends Data.TaggedError("TopologyError")<{
-  readonly code: "PLUGIN_MISSING" | "MISMATCH" | "UNREACHABLE" | "FAILED"
+  readonly code: "PLUGIN_MISSING" | "MISMATCH" | "UNREACHABLE" | "LOGIN_REFUSED" | "FAILED"
   readonly message: string
   readonly cause?: unknown
 }> {}
@@ -111,10 +111,30 @@ const queueArguments = (n: Names, type: QueueType): Record<string, unknown> => (
 const deadArguments = (type: QueueType): Record<string, unknown> =>
   type === "quorum" ? { "x-queue-type": "quorum" } : {}
 
+/** Where a URL points, for messages: host, port and vhost, never the credentials. */
+export const addressOf = (url: string): string => {
+  try {
+    const u = new URL(url)
+    const vhost = decodeURIComponent(u.pathname.slice(1))
+    return `${u.hostname}:${u.port || (u.protocol === "amqps:" ? "5671" : "5672")}${vhost === "" ? "" : ` vhost "${vhost}"`}`
+  } catch {
+    return "the configured amqp.url"
+  }
+}
+
 /** Turns a broker refusal during declaration into a TopologyError that says what to do. */
-export const classify = (what: string, cause: unknown): TopologyError => {
+export const classify = (what: string, cause: unknown, url?: string): TopologyError => {
   const e = cause as { code?: unknown; message?: unknown }
   const text = typeof e?.message === "string" ? e.message : String(cause)
+  const at = url === undefined ? "RabbitMQ" : `RabbitMQ at ${addressOf(url)}`
+  // A wrong password and a vhost the user may not use both end the handshake; neither is fixed by waiting.
+  // (amqplib reports a vhost the broker will not open only as an unexpected close of the handshake.)
+  if (/ACCESS.REFUSED|\b403\b|NOT_ALLOWED|Expected ConnectionOpenOk/.test(text))
+    return new TopologyError({
+      code: "LOGIN_REFUSED",
+      message: `${what}: ${at} refused the login (${text}). Check the user, password and vhost in amqp.url (or BEDS__AMQP__URL), and that the user has permissions on the vhost (rabbitmqctl list_permissions).`,
+      cause,
+    })
   if (/unknown exchange type '?x-consistent-hash/i.test(text) || (e?.code === 503 && /exchange type/i.test(text)))
     return new TopologyError({ code: "PLUGIN_MISSING", message: PLUGIN_HINT, cause })
   if (e?.code === 406 || /PRECONDITION_FAILED|inequivalent arg/i.test(text))
@@ -126,10 +146,10 @@ export const classify = (what: string, cause: unknown): TopologyError => {
         "Keep the old settings, or drain and delete the old queue/exchange (rabbitmqctl delete_queue <name>) and start again.",
       cause,
     })
-  if (/ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|ACCESS_REFUSED|socket|connect/i.test(text))
+  if (/ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|socket|connect/i.test(text))
     return new TopologyError({
       code: "UNREACHABLE",
-      message: `${what}: cannot reach RabbitMQ (${text}). Is it running? Start it with \`rabbitmq-server -detached\`, and check amqp.url.`,
+      message: `${what}: cannot reach ${at} (${text}). Is it running? Start it with \`rabbitmq-server -detached\`, and check amqp.url.`,
       cause,
     })
   return new TopologyError({ code: "FAILED", message: `${what} failed: ${text}`, cause })
@@ -145,7 +165,7 @@ const withConnection = async <A>(url: string, what: string, f: (channel: amqp.Ch
   try {
     connection = await amqp.connect(url, { noDelay: true })
   } catch (e) {
-    throw classify(what, e)
+    throw classify(what, e, url)
   }
   // The broker's reason for closing arrives as a connection event; the
   // pending operation only learns that the channel ended.
@@ -162,7 +182,7 @@ const withConnection = async <A>(url: string, what: string, f: (channel: amqp.Ch
     await channel.close().catch(() => undefined)
     return result
   } catch (e) {
-    throw e instanceof TopologyError ? e : classify(what, closedBy ?? e)
+    throw e instanceof TopologyError ? e : classify(what, closedBy ?? e, url)
   } finally {
     await connection.close().catch(() => undefined)
   }

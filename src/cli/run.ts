@@ -10,8 +10,9 @@ export const ExitCode = { ok: 0, failed: 1, usage: 2, unavailable: 3 } as const
 const exitCodeOf = (error: unknown): number => {
   const tag = (error as { _tag?: string })?._tag
   const code = (error as { code?: string })?.code
-  if (tag === "ConfigError" || tag === "DeclarationError") return ExitCode.usage
-  if (code === "STORE_UNAVAILABLE" || code === "UNAVAILABLE") return ExitCode.unavailable
+  // A refused login is configuration to fix, like a bad config file.
+  if (tag === "ConfigError" || tag === "DeclarationError" || code === "LOGIN_REFUSED") return ExitCode.usage
+  if (code === "STORE_UNAVAILABLE" || code === "UNAVAILABLE" || code === "UNREACHABLE") return ExitCode.unavailable
   return ExitCode.failed
 }
 

@@ -7,6 +7,7 @@
  */
 import { Command } from "commander"
 import { Context, Deferred, Effect, Exit, Layer, Scope } from "effect"
+import * as Topology from "../broker/topology.ts"
 import { rebuildChangedTopologies } from "../replay/startup.ts"
 import { boot, step } from "../runtime/boot.ts"
 import { Engine } from "../runtime/engine.ts"
@@ -48,20 +49,44 @@ export const startCommand = () =>
 
           const exit = yield* Effect.exit(
             Effect.gen(function* () {
-              // A topology whose version changed is rebuilt beside its live model before serving, never mixed.
-              yield* step(
-                "topology versions",
-                rebuildChangedTopologies(loaded, root, { log, ...(opts.rebuild ? { rebuild: true } : {}) }),
-                log,
-              )
-              const ctx = yield* Layer.buildWithScope(boot(loaded, root, log), scope)
-              const engine = Context.get(ctx, Engine)
               const c = loaded.config
+              const amqp = c.engine.transport === "amqp"
+              const broker = Topology.addressOf(c.amqp.url)
+              const booted = boot(loaded, root, log, {
+                // The broker is checked before the databases, and before a catch-up that may take a
+                // while: a wrong URL or password is reported at once. Consumers start only at the end.
+                broker: amqp
+                  ? (decl) =>
+                      step(
+                        `RabbitMQ ${broker}: login, topology`,
+                        Effect.tryPromise({
+                          try: () =>
+                            Topology.declare(c.amqp.url, decl.depots, {
+                              queueType: c.amqp.queue_type,
+                              prefix: c.amqp.prefix,
+                            }),
+                          catch: (e) =>
+                            e instanceof Topology.TopologyError
+                              ? e
+                              : Topology.classify("Declaring the BEDS broker topology", e, c.amqp.url),
+                        }),
+                        log,
+                      )
+                  : undefined,
+                // A topology whose version changed is rebuilt beside its live model before serving, never mixed.
+                beforeStorage: step(
+                  "topology versions",
+                  rebuildChangedTopologies(loaded, root, { log, ...(opts.rebuild ? { rebuild: true } : {}) }),
+                  log,
+                ),
+              })
+              const ctx = yield* Layer.buildWithScope(booted, scope)
+              const engine = Context.get(ctx, Engine)
               // Read models must have caught up before the first command is taken.
               yield* step("topologies catching up", engine.settle(), log)
-              if (c.engine.transport === "amqp") {
+              if (amqp) {
                 yield* step(
-                  `RabbitMQ ${new URL(c.amqp.url).host}: topology, consumers`,
+                  `RabbitMQ ${broker}: consumers`,
                   Layer.buildWithScope(
                     Amqp.layer(Amqp.settingsFromConfig(c.amqp)).pipe(Layer.provide(Layer.succeed(Engine, engine))),
                     scope,

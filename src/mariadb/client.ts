@@ -65,6 +65,15 @@ const RETRYABLE_ERRNO = new Set([
 export const classify = (what: string, settings: MariaDbSettings, cause: unknown): StoreError => {
   const e = cause as { errno?: number; code?: string; sqlMessage?: string; message?: string; fatal?: boolean }
   const where = `MariaDB at ${settings.host}:${settings.port}/${settings.database}`
+  // 1045 and 1698: wrong user or password; 1044: the user may not use this database. Waiting fixes
+  // neither, though the driver marks the first two fatal, as it does a lost connection.
+  if (e.errno === 1045 || e.errno === 1698 || e.errno === 1044)
+    return new StoreError({
+      code: "LOGIN_REFUSED",
+      message: `${what}: ${where} refused user "${settings.user}" (${e.sqlMessage ?? e.message}). Check mariadb.user and mariadb.password (or BEDS__MARIADB__PASSWORD), and that the user may create and use database ${settings.database}.`,
+      retryable: false,
+      cause,
+    })
   const connectionLost =
     e.code === "ER_GET_CONNECTION_TIMEOUT" ||
     e.code === "ECONNREFUSED" ||
@@ -89,29 +98,35 @@ export const classify = (what: string, settings: MariaDbSettings, cause: unknown
   })
 }
 
+/**
+ * Connects once, logs in and creates the database if it is missing: what
+ * start-up checks of the primary before anything else uses it.
+ */
+export const connectPrimary = (settings: MariaDbSettings): Effect.Effect<void, StoreError> =>
+  Effect.tryPromise({
+    try: async () => {
+      const conn = await mariadb.createConnection({
+        host: settings.host,
+        port: settings.port,
+        user: settings.user,
+        password: settings.password,
+        connectTimeout: settings.connect_timeout_ms,
+      })
+      try {
+        await conn.query(
+          `CREATE DATABASE IF NOT EXISTS \`${settings.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+        )
+      } finally {
+        await conn.end()
+      }
+    },
+    catch: (cause) => classify("Connecting", settings, cause),
+  })
+
 /** Creates the database if missing, then a pool on it. */
 export const make = (settings: MariaDbSettings) =>
   Effect.gen(function* () {
-    const connect = Effect.tryPromise({
-      try: async () => {
-        const conn = await mariadb.createConnection({
-          host: settings.host,
-          port: settings.port,
-          user: settings.user,
-          password: settings.password,
-          connectTimeout: settings.connect_timeout_ms,
-        })
-        try {
-          await conn.query(
-            `CREATE DATABASE IF NOT EXISTS \`${settings.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
-          )
-        } finally {
-          await conn.end()
-        }
-      },
-      catch: (cause) => classify("Connecting", settings, cause),
-    })
-    yield* connect
+    yield* connectPrimary(settings)
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() =>
         mariadb.createPool({

@@ -139,11 +139,28 @@ export const storesLayer = (
   return Layer.mergeAll(depot, models)
 }
 
+/** Steps a caller adds to start-up, each at its place in the order. */
+export interface BootSteps<E1, E2> {
+  /** After the declarations, before any database is touched: the broker's reachability, login and topology. */
+  readonly broker?: ((declarations: Decl) => Effect.Effect<void, E1>) | undefined
+  /** After the databases answered, before storage opens (e.g. rebuilding topologies whose version changed). */
+  readonly beforeStorage?: Effect.Effect<unknown, E2> | undefined
+}
+
 /**
  * Boots an engine from a project folder and its configuration, logging each
  * step. The returned Layer provides the Engine (and the stores beneath it).
+ * The order: config, declarations and templates, the broker (when given),
+ * the MariaDB primary (required) and replicas (warned about), the caller's
+ * step before storage, then storage with its DDL, recovery of offsets and
+ * checkpoints, and the topologies.
  */
-export const boot = (loaded: LoadedConfig, root: string, log: (line: string) => void = (l) => console.log(l)) =>
+export const boot = <E1 = never, E2 = never>(
+  loaded: LoadedConfig,
+  root: string,
+  log: (line: string) => void = (l) => console.log(l),
+  steps: BootSteps<E1, E2> = {},
+) =>
   Layer.unwrap(
     Effect.gen(function* () {
       log(
@@ -154,9 +171,14 @@ export const boot = (loaded: LoadedConfig, root: string, log: (line: string) => 
       log(
         `ipl: serving depots [${decl.depots.map((d) => `${d.name}/${d.partitions}`).join(", ")}], topologies [${decl.topologies.map((t) => `${t.name}@v${t.version}`).join(", ")}], templates [${decl.templates.map((t) => `${t.tla}:${t.name}`).join(", ")}]`,
       )
-      const replicas = loaded.config.mariadb.replicas ?? []
-      if (replicas.length > 0 && (loaded.config.engine.depot === "mariadb" || loaded.config.engine.rel === "mariadb"))
-        yield* step(`MariaDB replicas (${replicas.length})`, checkReplicas(loaded.config.mariadb, replicas, log), log)
+      if (steps.broker !== undefined) yield* steps.broker(decl)
+      const m = loaded.config.mariadb
+      const usesMariaDb = loaded.config.engine.depot === "mariadb" || loaded.config.engine.rel === "mariadb"
+      if (usesMariaDb) yield* step(`MariaDB ${m.host}:${m.port} primary`, MariaDb.connectPrimary(m), log)
+      const replicas = m.replicas ?? []
+      if (replicas.length > 0 && usesMariaDb)
+        yield* step(`MariaDB replicas (${replicas.length})`, checkReplicas(m, replicas, log), log)
+      if (steps.beforeStorage !== undefined) yield* steps.beforeStorage
       const stores = storesLayer(loaded, root, decl.topologies)
       const engine = Layer.effect(
         Engine,

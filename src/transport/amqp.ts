@@ -401,7 +401,7 @@ export const make = (
       try {
         connection = await amqp.connect(url, { noDelay: true, clientProperties: { connection_name: connectionName } })
       } catch (e) {
-        throw Topology.classify("Connecting the AMQP ingress", e)
+        throw Topology.classify("Connecting the AMQP ingress", e, url)
       }
       state.sessions++
       let resolveClosed: () => void = () => undefined
@@ -427,7 +427,7 @@ export const make = (
       }
       const fail = async (what: string, e: unknown): Promise<never> => {
         await connection.close().catch(() => undefined)
-        throw Topology.classify(what, e)
+        throw Topology.classify(what, e, url)
       }
       const dlx = await connection.createConfirmChannel().catch((e) => fail("Opening the dead-letter channel", e))
       dlx.on("error", (e: Error) => recycle(`the dead-letter channel failed: ${e.message}`))

@@ -112,4 +112,46 @@ describe("broker declaration errors", () => {
     expect(e.code).toBe("MISMATCH")
     expect(e.message).toContain("queue_type")
   })
+
+  const url = "amqp://ops:s3cret@127.0.0.1:5673/shop"
+
+  it("tell a refused login from an unreachable broker, naming the address and never the password", () => {
+    const refused = Topology.classify(
+      "Declaring",
+      new Error(
+        'Handshake terminated by server: 403 (ACCESS-REFUSED) with message "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN."',
+      ),
+      url,
+    )
+    expect(refused.code).toBe("LOGIN_REFUSED")
+    expect(refused.message).toContain('RabbitMQ at 127.0.0.1:5673 vhost "shop" refused the login')
+    expect(refused.message).toContain("amqp.url")
+    expect(refused.message).not.toContain("s3cret")
+
+    const down = Topology.classify(
+      "Declaring",
+      Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5673"), { code: "ECONNREFUSED" }),
+      url,
+    )
+    expect(down.code).toBe("UNREACHABLE")
+    expect(down.message).toContain('cannot reach RabbitMQ at 127.0.0.1:5673 vhost "shop"')
+    expect(down.message).toContain("rabbitmq-server")
+    expect(down.message).not.toContain("s3cret")
+  })
+
+  it("take a vhost the broker will not open for a refused login, not for a broker that is down", () => {
+    const e = Topology.classify(
+      "Declaring",
+      new Error("Expected ConnectionOpenOk; got <ConnectionClose channel:0>"),
+      url,
+    )
+    expect(e.code).toBe("LOGIN_REFUSED")
+    expect(e.message).toContain("vhost")
+  })
+
+  it("name the default port and vhost when the URL leaves them out", () => {
+    expect(Topology.addressOf("amqp://guest:guest@127.0.0.1")).toBe("127.0.0.1:5672")
+    expect(Topology.addressOf("amqps://u:p@127.0.0.1")).toBe("127.0.0.1:5671")
+    expect(Topology.addressOf("not a url")).toBe("the configured amqp.url")
+  })
 })
