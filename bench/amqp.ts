@@ -71,6 +71,41 @@ const peakRss = (pid: number | undefined): number => {
   }
 }
 
+/** CPU time a process has used so far, in µs, from /proc (Linux; NaN elsewhere). */
+const cpuMicros = (pid: number | undefined): number => {
+  if (pid === undefined) return Number.NaN
+  try {
+    // Fields 14 and 15 (utime, stime) after the command name, in clock ticks of 1/100 s.
+    const fields = (fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ")
+    return (Number(fields[11]) + Number(fields[12])) * 10_000
+  } catch {
+    return Number.NaN
+  }
+}
+
+/** The first process whose command name is `name` (beam.smp, mariadbd), if this machine shows them. */
+const pidNamed = (name: string): number | undefined => {
+  try {
+    for (const entry of fs.readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue
+      try {
+        if (fs.readFileSync(`/proc/${entry}/comm`, "utf8").trim() === name) return Number(entry)
+      } catch {}
+    }
+  } catch {}
+  return undefined
+}
+
+/** Where the CPU of a contender's calls went, per call, in µs: its run and what it left to finish. */
+export interface CpuPerCall {
+  readonly broker: number
+  /** The process answering: an RPC server, the sink, an engine; 0 for (c), which has none. */
+  readonly server: number
+  readonly mariadb: number
+  /** This process: the clients and the bench's own loop. */
+  readonly client: number
+}
+
 /** Seconds of each round's paced run of `full` at half its peak. */
 const HALF_PEAK_S = 6
 
@@ -204,6 +239,8 @@ export interface AmqpResult {
     /** p99 of `full` at half peak over the p99 of (b), in the same round. */
     fullHalfP99: ReadonlyArray<number>
   }
+  /** Per contender, over all its rounds; empty where /proc cannot be read. */
+  readonly cpu: ReadonlyArray<{ readonly label: string; readonly perCall: CpuPerCall }>
   readonly engineRssMb: number
   /** Of the second engine, which serves the depot alone. */
   readonly depotEngineRssMb: number
@@ -236,13 +273,16 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     // (a) and (b): RPC servers of their own, as the engine is.
     const rpc = async (mode: "echo" | "insert") => {
       const q = `bench.rpc.${mode}.${process.pid}`
-      servers.push(await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), mode, q]))
+      const server = await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), mode, q])
+      servers.push(server)
       const client = await rpcClient(q)
       closers.push(client.close)
-      return client.call
+      return { call: client.call, server }
     }
-    const echo = await rpc("echo")
-    const insert = await rpc("insert")
+    const echoServer = await rpc("echo")
+    const insertServer = await rpc("insert")
+    const echo = echoServer.call
+    const insert = insertServer.call
 
     // (c) publish with confirms to a durable classic queue: the message a client of the wire
     // contract sends for a `none` command (type, content_type, the x-beds-ack header), so that
@@ -273,7 +313,8 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
 
     // (d) the command's message into a queue a consumer process drains
     const sink = `bench.sink.${process.pid}`
-    servers.push(await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), "sink", sink]))
+    const sinkServer = await start(process.execPath, [path.join(root, "bench/servers/rpc.ts"), "sink", sink])
+    servers.push(sinkServer)
     closers.unshift(() => confirmChannel.deleteQueue(sink))
     const consumed = (i: number) => publishConfirmed(sink, i, command)
 
@@ -378,10 +419,38 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     // round: a stall of the disk (hundreds of ms, now and then, on this kind of machine) then
     // sets one round's p99, not the verdict.
     const halves: Array<Rate> = []
+    const serverOf: Record<Contender, number | undefined> = {
+      echo: echoServer.server.pid,
+      insert: insertServer.server.pid,
+      confirms: undefined,
+      bare: undefined,
+      consumed: sinkServer.pid,
+      noneDepot: depotOnly.child.pid,
+      none: engine.pid,
+      append: engine.pid,
+      full: engine.pid,
+    }
+    const broker = pidNamed("beam.smp")
+    const mariadbd = pidNamed("mariadbd")
+    const cpuNow = (c: Contender) => {
+      const server = serverOf[c]
+      return {
+        broker: cpuMicros(broker),
+        server: server === undefined ? 0 : cpuMicros(server),
+        mariadb: cpuMicros(mariadbd),
+        client: cpuMicros(process.pid),
+      }
+    }
+    const cpuSpent = Object.fromEntries(
+      order.map((c) => [c, { broker: 0, server: 0, mariadb: 0, client: 0 }]),
+    ) as Record<Contender, { -readonly [K in keyof CpuPerCall]: number }>
     for (let r = 0; r < rounds; r++) {
       for (const c of order) {
+        const before = cpuNow(c)
         runs[c].push(await drive(`${labels[c]} (round ${r + 1}/${rounds})`, per, inFlight, calls[c]))
         await clear(c)
+        const after = cpuNow(c)
+        for (const k of ["broker", "server", "mariadb", "client"] as const) cpuSpent[c][k] += after[k] - before[k]
       }
       const peak = (runs.full[r] as Measured).perSec
       halves.push(await paced(`BEDS full at half peak (round ${r + 1}/${rounds})`, peak / 2, HALF_PEAK_S, calls.full))
@@ -412,6 +481,21 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
         full: ratio("full", "insert"),
         fullHalfP99: halves.map((h, i) => h.p99 / (runs.insert[i] as Measured).p99),
       },
+      cpu: Number.isNaN(cpuMicros(process.pid))
+        ? []
+        : order.map((c) => {
+            const calls = per * rounds
+            const spent = cpuSpent[c]
+            return {
+              label: labels[c],
+              perCall: {
+                broker: spent.broker / calls,
+                server: spent.server / calls,
+                mariadb: spent.mariadb / calls,
+                client: spent.client / calls,
+              },
+            }
+          }),
       engineRssMb: peakRss(engine.pid),
       depotEngineRssMb: peakRss(depotOnly.child.pid),
     }
@@ -463,5 +547,12 @@ export const printAmqp = (r: AmqpResult) => {
   console.log(
     `  p99 of full at half peak / p99 of (b): ${times(median(r.ratios.fullHalfP99))} (target <= 2x); rounds ${r.ratios.fullHalfP99.map(times).join(", ")}`,
   )
+  if (r.cpu.length > 0) {
+    console.log("  CPU per call, µs, run and drain (broker + server + MariaDB + client = total):")
+    for (const { label, perCall: x } of r.cpu)
+      console.log(
+        `    ${label.padEnd(32)}${[x.broker, x.server, x.mariadb, x.client].map((v) => fmt(v).padStart(5)).join(" +")} = ${fmt(x.broker + x.server + x.mariadb + x.client).padStart(5)}`,
+      )
+  }
   console.log(`  engine peak RSS ${fmt(r.engineRssMb)} MB (with balances), ${fmt(r.depotEngineRssMb)} MB (depot only)`)
 }
