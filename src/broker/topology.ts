@@ -234,3 +234,53 @@ export const remove = (
     }
   })
 }
+
+/** A partition queue as the broker sees it, or `missing` when it was never declared. */
+export type QueueState =
+  | { readonly queue: string; readonly waiting: number; readonly consumers: number }
+  | { readonly queue: string; readonly missing: true }
+
+/**
+ * How many commands wait in each partition queue of these depots, and how
+ * many consumers take them (0: no engine is serving that queue). Reads
+ * only: it declares nothing, so it is safe beside a running engine.
+ */
+export const inspect = async (
+  url: string,
+  depots: ReadonlyArray<DepotShape>,
+  options: { readonly prefix?: string | undefined },
+): Promise<ReadonlyArray<{ readonly depot: string; readonly queues: ReadonlyArray<QueueState> }>> => {
+  const n = names(options.prefix)
+  const what = "Reading the partition queues"
+  let connection: amqp.ChannelModel
+  try {
+    connection = await amqp.connect(url, { noDelay: true })
+  } catch (e) {
+    throw classify(what, e, url)
+  }
+  connection.on("error", () => undefined)
+  try {
+    const states = []
+    for (const depot of depots) {
+      const queues: Array<QueueState> = []
+      for (let q = 0; q < depot.partitions; q++) {
+        const queue = n.queue(depot.name, q)
+        // A queue the broker lacks closes the channel it was asked on (404): one channel per queue.
+        const channel = await connection.createChannel()
+        channel.on("error", () => undefined)
+        try {
+          const ok = await channel.checkQueue(queue)
+          queues.push({ queue, waiting: ok.messageCount, consumers: ok.consumerCount })
+          await channel.close().catch(() => undefined)
+        } catch (e) {
+          if ((e as { code?: unknown }).code !== 404) throw classify(what, e, url)
+          queues.push({ queue, missing: true })
+        }
+      }
+      states.push({ depot: depot.name, queues })
+    }
+    return states
+  } finally {
+    await connection.close().catch(() => undefined)
+  }
+}

@@ -5,6 +5,7 @@
  */
 import { Command } from "commander"
 import { Effect, Result } from "effect"
+import * as Topology from "../broker/topology.ts"
 import { DepotStore } from "../depot/store.ts"
 import * as Router from "../readmodel/router.ts"
 import { ReadModelStore } from "../readmodel/store.ts"
@@ -80,7 +81,27 @@ export const statusCommand = () =>
             )
             const describe = (b: "rel" | "rec") =>
               `${b.toUpperCase()} ${b === "rel" ? loaded.config.engine.rel : loaded.config.engine.rec}${kept[b] ? "" : " (rebuilt at start)"}`
-            return { depots, topologies, readModels: `${describe("rel")}, ${describe("rec")}` }
+            const c = loaded.config
+            // With the AMQP transport, what waits on the broker is the ingress's lag; a broker that
+            // cannot be read is said, and the rest of the status still shown.
+            const broker =
+              c.engine.transport !== "amqp"
+                ? undefined
+                : yield* Effect.tryPromise({
+                    try: () => Topology.inspect(c.amqp.url, decl.depots, { prefix: c.amqp.prefix }),
+                    catch: (e) => (e instanceof Error ? e.message : String(e)),
+                  }).pipe(
+                    Effect.map((depots) => ({ address: Topology.addressOf(c.amqp.url), depots })),
+                    Effect.catch((unavailable) =>
+                      Effect.succeed({ address: Topology.addressOf(c.amqp.url), unavailable }),
+                    ),
+                  )
+            return {
+              depots,
+              topologies,
+              readModels: `${describe("rel")}, ${describe("rec")}`,
+              ...(broker === undefined ? {} : { broker }),
+            }
           }).pipe(Effect.provide(storesLayer(loaded, root, decl.topologies)), Effect.scoped)
           if (opts.json) {
             process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
@@ -101,6 +122,20 @@ export const statusCommand = () =>
               }\n`,
             )
           process.stdout.write(`read models: ${result.readModels}\n`)
+          const broker = result.broker
+          if (broker !== undefined && "unavailable" in broker)
+            process.stdout.write(`broker ${broker.address}: ${broker.unavailable}\n`)
+          else if (broker !== undefined)
+            for (const d of broker.depots)
+              process.stdout.write(
+                `queues ${d.depot} at ${broker.address}: ${d.queues
+                  .map((q, i) =>
+                    "missing" in q
+                      ? `q${i} not declared (no engine has served it)`
+                      : `q${i} ${q.waiting} waiting, ${q.consumers === 0 ? "no consumer" : `${q.consumers} consumer(s)`}`,
+                  )
+                  .join(", ")}\n`,
+              )
         }),
       )
     })

@@ -883,14 +883,19 @@ const replayOps = (db: MariaDbShape, liveCompiled: ReadonlyMap<string, Compiled>
 
   const peekCheckpoint: ReadModelReplayShape["peekCheckpoint"] = (c) =>
     Effect.map(
-      db.run(
-        `Reading checkpoint ${c.topology}/${c.depot}/${c.partition}`,
-        (pool) =>
-          pool.query(
+      db.run(`Reading checkpoint ${c.topology}/${c.depot}/${c.partition}`, async (pool) => {
+        try {
+          return (await pool.query(
             `SELECT \`next\` FROM ${quoteId(CHECKPOINT_TABLE)} WHERE \`topology\` = ? AND \`depot\` = ? AND \`part\` = ?`,
             [c.topology, c.depot, c.partition],
-          ) as Promise<Array<{ next: number }>>,
-      ),
+          )) as Array<{ next: number }>
+        } catch (e) {
+          // A database no topology has written to yet has no checkpoint table: nothing is applied.
+          // Peeking creates nothing, so it is safe from processes that only look (beds status).
+          if (isNoSuchTable(e)) return []
+          throw e
+        }
+      }),
       (rows) => Number(rows[0]?.next ?? 0),
     )
 

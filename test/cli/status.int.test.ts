@@ -30,13 +30,21 @@ interface Status {
     streams: ReadonlyArray<{ depot: string; partition: number; checkpoint: number | null; lag: number | null }>
   }>
   readonly readModels: string
+  readonly broker?: {
+    address: string
+    unavailable?: string
+    depots?: ReadonlyArray<{
+      depot: string
+      queues: ReadonlyArray<{ queue: string; waiting?: number; consumers?: number }>
+    }>
+  }
 }
 
-const status = (...args: ReadonlyArray<string>) =>
+const status = (args: ReadonlyArray<string>, overrides: Record<string, string> = {}) =>
   spawnSync(
     path.join(projectRoot, "node_modules", "node", "bin", "node"),
     [path.join(projectRoot, "bin", "beds.js"), "--root", projectRoot, "status", ...args],
-    { env: { ...process.env, ...env }, encoding: "utf8", timeout: 60_000 },
+    { env: { ...process.env, ...env, ...overrides }, encoding: "utf8", timeout: 60_000 },
   )
 
 describe.runIf(available)("beds status", () => {
@@ -71,7 +79,7 @@ describe.runIf(available)("beds status", () => {
   })
 
   it("--json: heads per partition, stored checkpoints with their lag, memory read models without a checkpoint", () => {
-    const r = status("--json")
+    const r = status(["--json"])
     expect(r.stderr).toBe("")
     expect(r.status).toBe(0)
     const s = JSON.parse(r.stdout) as Status
@@ -95,13 +103,32 @@ describe.runIf(available)("beds status", () => {
     expect(ledger).toMatchObject({ readModels: "memory" })
     for (const stream of ledger?.streams ?? []) expect(stream).toMatchObject({ checkpoint: null, lag: null })
     expect(s.readModels).toBe("REL mariadb, REC memory (rebuilt at start)")
+
+    // The ingress's side: every partition queue drained and consumed by the running engine.
+    expect(s.broker?.address).toBe("127.0.0.1:5672")
+    const queues = s.broker?.depots?.find((d) => d.depot === "accounts")?.queues ?? []
+    expect(queues.map((q) => q.queue)).toEqual(
+      Array.from({ length: accounts.partitions }, (_, p) => `${prefix}.cmd.accounts.${p}`),
+    )
+    for (const q of queues) expect(q).toMatchObject({ waiting: 0, consumers: 1 })
+  })
+
+  it("says when the broker cannot be read, and still shows the depots and topologies", () => {
+    const r = status(["--json"])
+    expect(r.status).toBe(0)
+    const down = status(["--json"], { BEDS__AMQP__URL: "amqp://guest:guest@127.0.0.1:1" })
+    expect(down.status).toBe(0)
+    const s = JSON.parse(down.stdout) as Status
+    expect(s.broker?.unavailable).toContain("cannot reach RabbitMQ at 127.0.0.1:1")
+    expect(s.depots).toEqual((JSON.parse(r.stdout) as Status).depots)
   })
 
   it("prints one line per depot and per topology", () => {
-    const r = status()
+    const r = status([])
     expect(r.status).toBe(0)
     expect(r.stdout).toMatch(/^depot accounts: p0=\d+ p1=\d+ p2=\d+ p3=\d+ \(total 12\)$/m)
     expect(r.stdout).toMatch(/^topology balances@v\d+: accounts\/p0 at \d+ lag 0, /m)
     expect(r.stdout).toMatch(/^topology ledger@v\d+: read models in memory, rebuilt at start$/m)
+    expect(r.stdout).toMatch(/^queues accounts at 127\.0\.0\.1:5672: q0 0 waiting, 1 consumer\(s\), q1 /m)
   })
 })
