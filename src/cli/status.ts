@@ -16,7 +16,9 @@ import { runCli } from "./run.ts"
 
 export const statusCommand = () =>
   new Command("status")
-    .description("show depots, partitions, head offsets, topology checkpoints and lag")
+    .description(
+      "show depots, partitions, head offsets, topology checkpoints and lag, and the commands waiting on the broker",
+    )
     .option("--json", "print JSON")
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       const root = rootOf(cmd)
