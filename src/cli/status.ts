@@ -40,7 +40,8 @@ export const statusCommand = () =>
                 (partitions) => ({ depot: d.name, partitions }),
               ),
             )
-            const kept = keptBackends(loaded.config)
+            const c = loaded.config
+            const kept = keptBackends(c)
             const backendOf = new Map(decl.templates.map((t) => [t.name, t.backend]))
             // A routing store learns where each template lives from `ensure`, which creates what is
             // missing; status only reads, so it names them instead.
@@ -82,8 +83,7 @@ export const statusCommand = () =>
               }),
             )
             const describe = (b: "rel" | "rec") =>
-              `${b.toUpperCase()} ${b === "rel" ? loaded.config.engine.rel : loaded.config.engine.rec}${kept[b] ? "" : " (rebuilt at start)"}`
-            const c = loaded.config
+              `${b.toUpperCase()} ${b === "rel" ? c.engine.rel : c.engine.rec}${kept[b] ? "" : " (rebuilt at start)"}`
             // With the AMQP transport, what waits on the broker is the ingress's lag; a broker that
             // cannot be read is said, and the rest of the status still shown.
             const broker =
