@@ -31,6 +31,7 @@ export const startCommand = () =>
         Effect.gen(function* () {
           const t0 = performance.now()
           const loaded = yield* configOf(root)
+          const configMs = performance.now() - t0
           const scope = yield* Scope.make()
           const stop = yield* Deferred.make<string>()
           let stopping = false
@@ -53,6 +54,7 @@ export const startCommand = () =>
               const amqp = c.engine.transport === "amqp"
               const broker = Topology.addressOf(c.amqp.url)
               const booted = boot(loaded, root, log, {
+                configMs,
                 // The broker is checked before the databases, and before a catch-up that may take a
                 // while: a wrong URL or password is reported at once. Consumers start only at the end.
                 broker: amqp

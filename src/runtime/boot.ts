@@ -145,6 +145,8 @@ export interface BootSteps<E1, E2> {
   readonly broker?: ((declarations: Decl) => Effect.Effect<void, E1>) | undefined
   /** After the databases answered, before storage opens (e.g. rebuilding topologies whose version changed). */
   readonly beforeStorage?: Effect.Effect<unknown, E2> | undefined
+  /** How long reading the configuration took, when the caller timed it: logged on the config line. */
+  readonly configMs?: number | undefined
 }
 
 /**
@@ -164,7 +166,7 @@ export const boot = <E1 = never, E2 = never>(
   Layer.unwrap(
     Effect.gen(function* () {
       log(
-        `ipl: config ${loaded.files.join(" + ")} (depot=${loaded.config.engine.depot}, rel=${loaded.config.engine.rel}, transport=${loaded.config.engine.transport}, role=${loaded.config.engine.role})`,
+        `ipl: config ${loaded.files.join(" + ")} (depot=${loaded.config.engine.depot}, rel=${loaded.config.engine.rel}, transport=${loaded.config.engine.transport}, role=${loaded.config.engine.role})${steps.configMs === undefined ? "" : ` ok  ${steps.configMs.toFixed(1)} ms`}`,
       )
       const all = yield* step("declarations and templates", Declarations.load(root), log)
       const decl = forRole(all, loaded.config)
