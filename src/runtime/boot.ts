@@ -96,11 +96,6 @@ export const forRole = (decl: Decl, config: LoadedConfig["config"]): Decl => {
 }
 
 /**
- * The storage Layers the configuration asks for. With REL and REC on
- * different backends, a router sends each template to its own (and keeps
- * a topology that writes both exactly-once; see readmodel/router.ts).
- */
-/**
  * Which read-model backends keep their rows in a database; the others are in
  * memory, inside the engine, and rebuilt from the depots at every start.
  */
@@ -109,6 +104,11 @@ export const keptBackends = (c: LoadedConfig["config"]): Readonly<Record<"rel" |
   rec: c.engine.rec === "mongodb" && c.mongodb !== undefined,
 })
 
+/**
+ * The storage Layers the configuration asks for. With REL and REC on
+ * different backends, a router sends each template to its own (and keeps
+ * a topology that writes both exactly-once; see readmodel/router.ts).
+ */
 export const storesLayer = (
   loaded: LoadedConfig,
   root: string,
