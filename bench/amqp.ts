@@ -279,10 +279,8 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
       closers.push(client.close)
       return { call: client.call, server }
     }
-    const echoServer = await rpc("echo")
-    const insertServer = await rpc("insert")
-    const echo = echoServer.call
-    const insert = insertServer.call
+    const echo = await rpc("echo")
+    const insert = await rpc("insert")
 
     // (c) publish with confirms to a durable classic queue: the message a client of the wire
     // contract sends for a `none` command (type, content_type, the x-beds-ack header), so that
@@ -342,8 +340,6 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     // The contract's comparison: the accounts depot with the balances topology only
     // (BENCH_NO_TOPOLOGY: none, to see what the projection costs).
     const main = await engineAt("beds_bench_amqp", "beds", process.env.BENCH_NO_TOPOLOGY ? [] : ["balances"])
-    const engine = main.child
-    const beds = main.call
     // The write path alone: the same depot, served by an engine with no topology.
     const depotOnly = await engineAt("beds_bench_amqp_depot", DEPOT_ONLY_PREFIX, [])
     // `none` is answered by RabbitMQ's confirm, before the engine has taken the commands: wait
@@ -365,15 +361,15 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     }
 
     const calls: Record<Contender, (i: number) => Promise<void>> = {
-      echo,
-      insert,
+      echo: echo.call,
+      insert: insert.call,
       confirms,
       bare,
       consumed,
       noneDepot: depotOnly.call("none"),
-      none: beds("none"),
-      append: beds("append"),
-      full: beds("full"),
+      none: main.call("none"),
+      append: main.call("append"),
+      full: main.call("full"),
     }
     const labels: Record<Contender, string> = {
       echo: "RPC echo",
@@ -420,15 +416,15 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
     // sets one round's p99, not the verdict.
     const halves: Array<Rate> = []
     const serverOf: Record<Contender, number | undefined> = {
-      echo: echoServer.server.pid,
-      insert: insertServer.server.pid,
+      echo: echo.server.pid,
+      insert: insert.server.pid,
       confirms: undefined,
       bare: undefined,
       consumed: sinkServer.pid,
       noneDepot: depotOnly.child.pid,
-      none: engine.pid,
-      append: engine.pid,
-      full: engine.pid,
+      none: main.child.pid,
+      append: main.child.pid,
+      full: main.child.pid,
     }
     const broker = pidNamed("beam.smp")
     const mariadbd = pidNamed("mariadbd")
@@ -496,7 +492,7 @@ export const runAmqp = async (n: number, inFlight: number, rounds = 3): Promise<
               },
             }
           }),
-      engineRssMb: peakRss(engine.pid),
+      engineRssMb: peakRss(main.child.pid),
       depotEngineRssMb: peakRss(depotOnly.child.pid),
     }
   } finally {
